@@ -1,0 +1,1 @@
+"""The fanbase example: follow/unfollow notifications (``python -m examples.fanbase``)."""

@@ -1,0 +1,57 @@
+"""flowline: composable ``Stream >> Route >> Queue`` pipelines on NATS JetStream and Redis."""
+
+from ._events import Event
+from ._pipeline import Pipeline, Pipelines
+from ._settings import Settings
+from ._stages import Backoff, Cron, Job, Queue, Route, Stream
+from .errors import (
+    ConfigurationError,
+    DecodeError,
+    EnqueueError,
+    Fail,
+    FlowlineError,
+    JobError,
+    JobTimeout,
+    PipelineError,
+    Retry,
+    RouteError,
+    SerializationError,
+    StageError,
+    UnknownTopicError,
+)
+from .runtime.cron import CronTick
+from .runtime.job import JobContext
+from .runtime.runner import Runner
+
+__all__ = [
+    # describing pipelines
+    "Backoff",
+    "Cron",
+    "CronTick",
+    "Job",
+    "Pipeline",
+    "Pipelines",
+    "Queue",
+    "Route",
+    "Stream",
+    # running them
+    "Event",
+    "JobContext",
+    "Runner",
+    "Settings",
+    # signals a handler raises
+    "Fail",
+    "Retry",
+    # errors
+    "ConfigurationError",
+    "DecodeError",
+    "EnqueueError",
+    "FlowlineError",
+    "JobError",
+    "JobTimeout",
+    "PipelineError",
+    "RouteError",
+    "SerializationError",
+    "StageError",
+    "UnknownTopicError",
+]

@@ -1,0 +1,73 @@
+"""Connection settings, read from arguments or the environment, and safe to log."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the servers are and how a worker process behaves.
+
+    Args:
+        nats_url: NATS server(s), comma-separated; credentials may be in the URL.
+        redis_url: Redis URL (``redis://`` or ``rediss://`` for TLS).
+        grace: seconds in-flight jobs get to finish on shutdown before being handed back.
+        concurrency: overrides every queue's concurrency in this process when set.
+        nats_options: extra keyword arguments for `nats.connect` (tls, user_credentials...).
+        redis_options: extra keyword arguments for `redis.asyncio.Redis.from_url`.
+    """
+
+    nats_url: str = DEFAULT_NATS_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    grace: float = 30.0
+    concurrency: int | None = None
+    nats_options: dict[str, object] = field(default_factory=dict)
+    redis_options: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for url in self.nats_url.split(","):
+            if urlsplit(url.strip()).scheme not in ("nats", "tls", "ws", "wss"):
+                raise ConfigurationError(f"not a NATS URL: {redact(url)!r}")
+        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigurationError(f"not a Redis URL: {redact(self.redis_url)!r}")
+        if self.grace < 0:
+            raise ConfigurationError("grace must be >= 0 seconds")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Settings from ``FLOWLINE_NATS_URL`` / ``FLOWLINE_REDIS_URL``; `overrides` win."""
+        values: dict[str, object] = {
+            "nats_url": os.environ.get("FLOWLINE_NATS_URL", DEFAULT_NATS_URL),
+            "redis_url": os.environ.get("FLOWLINE_REDIS_URL", DEFAULT_REDIS_URL),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"Settings(nats_url={redact(self.nats_url)!r}, redis_url={redact(self.redis_url)!r})"
+
+
+def redact(url: str) -> str:
+    """The URL with any password or token replaced by ``***`` (for logs and events)."""
+    parts = []
+    for one in url.split(","):
+        s = urlsplit(one.strip())
+        if s.username or s.password:
+            host = s.hostname or ""
+            if s.port:
+                host = f"{host}:{s.port}"
+            user = s.username or ""
+            cred = f"{user}:***" if s.password else "***"
+            one = urlunsplit((s.scheme, f"{cred}@{host}", s.path, s.query, s.fragment))
+        parts.append(one)
+    return ",".join(parts)

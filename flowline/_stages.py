@@ -1,0 +1,298 @@
+"""Stages: pure descriptions of a pipeline's parts. Nothing here touches a server.
+
+``Stream >> Route >> Queue`` flattens into one `Pipeline` (see `_pipeline`); each stage only
+records what it is, its name and its options, in the spirit of Beam's ``PTransform``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .errors import PipelineError
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+
+T = TypeVar("T")
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def label_from_callable(fn: Callable[..., Any]) -> str:
+    """A readable default name: the function's qualified name, or ``<lambda at file:line>``."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    if name == "<lambda>":
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            return f"<lambda at {code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}>"
+    return name
+
+
+def seconds(value: float | timedelta) -> float:
+    """Durations are accepted as seconds or `timedelta`."""
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A unit of work a router asks for: a topic and JSON-serialisable data.
+
+    Args:
+        topic: which handler runs it (``pipeline.dequeue(topic)``).
+        data: JSON-serialisable payload handed to the handler as ``job.data``.
+        delay: run no earlier than this many seconds (or `timedelta`) from now.
+        priority: higher runs first when a queue has a backlog (0 is normal).
+        key: an idempotency key; two jobs with the same key on one queue are one job.
+    """
+
+    topic: str
+    data: Any = None
+    delay: float | timedelta | None = None
+    priority: int = 0
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits up to ``min(cap, base * factor**(n-1))``."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 300.0
+    jitter: bool = True
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based); `rand` is uniform in [0, 1)."""
+        ceiling = min(self.cap, self.base * math.pow(self.factor, max(0, attempt - 1)))
+        return ceiling * rand if self.jitter else ceiling
+
+
+class Stage:
+    """Base of every stage; ``a >> b`` builds a `Pipeline` from the flattened chain."""
+
+    kind: str = "stage"
+    name: str
+
+    def __rshift__(self, other: object) -> Pipeline:
+        from ._pipeline import Pipeline
+
+        if isinstance(other, Pipeline):
+            return Pipeline((self, *other.stages))
+        if not isinstance(other, Stage):
+            return NotImplemented
+        return Pipeline((self, other))
+
+    def describe(self) -> str:
+        """One line for `repr` and diagrams."""
+        return f"{type(self).__name__}({self.name!r})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+class Source(Stage):
+    """A stage that produces events: a `Stream` or a `Cron`."""
+
+
+class Stream(Source, Generic[T]):
+    """A NATS JetStream subject carrying encoded events.
+
+    Args:
+        subject: the subject events are published on, e.g. ``"fanbase"``.
+        decoder: a protobuf message class, or any callable ``bytes -> event``.
+        durable: the JetStream consumer's name; defaults to the pipeline's name.
+        max_deliver: deliveries of one message before it is dead-lettered (router keeps failing).
+        ack_wait: seconds JetStream waits for an ack before redelivering.
+        max_payload: messages larger than this many bytes are rejected as undecodable.
+        batch: messages fetched per round trip.
+    """
+
+    kind = "stream"
+
+    def __init__(
+        self,
+        subject: str,
+        decoder: type[T] | Callable[[bytes], T],
+        *,
+        durable: str | None = None,
+        max_deliver: int = 5,
+        ack_wait: float | timedelta = 30.0,
+        max_payload: int = 1 << 20,
+        batch: int = 256,
+    ) -> None:
+        if not subject or any(c in subject for c in " \t\r\n"):
+            raise PipelineError(f"Stream subject {subject!r} must be a non-empty NATS subject")
+        if max_deliver < 1 or batch < 1 or max_payload < 1:
+            raise PipelineError("Stream max_deliver, batch and max_payload must be positive")
+        self.subject = subject
+        self.name = subject
+        self.decoder = decoder
+        self.decode = _decoder_for(decoder)
+        self.encode = _encoder_for(decoder)
+        self.durable = durable
+        self.max_deliver = max_deliver
+        self.ack_wait = seconds(ack_wait)
+        self.max_payload = max_payload
+        self.batch = batch
+
+    def describe(self) -> str:
+        return f"Stream({self.subject!r}, {label_from_callable(self.decoder)})"
+
+
+class Route(Stage, Generic[T]):
+    """A plain function (sync or async) turning one event into jobs.
+
+    The function may return or yield `Job` objects, dicts ``{"topic", "data"}``, a dict
+    ``{"jobs": [...]}`` (pipelinejs routers port unchanged), or nothing.
+    """
+
+    kind = "route"
+
+    def __init__(self, fn: Callable[[T], Any], *, name: str | None = None) -> None:
+        if not callable(fn):
+            raise PipelineError(f"Route needs a callable router, got {fn!r}")
+        self.fn = fn
+        self.name = name or label_from_callable(fn)
+
+    def describe(self) -> str:
+        return f"Route({self.name})"
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """Per-queue defaults; each topic may override retries, backoff and timeout."""
+
+    concurrency: int = 50
+    visibility_timeout: float = 30.0
+    retries: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout: float | None = None
+    keep_completed: float = 24 * 3600.0
+    batch: int = 100
+
+
+class Queue(Stage):
+    """A Redis-backed job queue, compiled onto a taskiq broker.
+
+    Args:
+        name: the queue's name; its Redis keys are ``flowline:{name}:...``.
+        topics: topics this queue owns when a route feeds several queues (default: the rest).
+        concurrency: handlers run at once per worker process.
+        visibility_timeout: seconds after which a job whose worker died is run again (<= 60 s
+            by default; live workers keep their jobs claimed with a heartbeat).
+        retries: further attempts after a failure (per topic overridable).
+        backoff: delay between attempts.
+        timeout: seconds a handler may run before it fails with `JobTimeout`.
+        keep_completed: seconds a finished job's record (state, result) is kept; it is also
+            the window in which re-enqueueing the same job id is recognised as a duplicate.
+    """
+
+    kind = "queue"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        topics: Iterable[str] | None = None,
+        concurrency: int = 50,
+        visibility_timeout: float | timedelta = 30.0,
+        retries: int = 3,
+        backoff: Backoff | None = None,
+        timeout: float | timedelta | None = None,
+        keep_completed: float | timedelta = 24 * 3600.0,
+        batch: int = 100,
+    ) -> None:
+        if not _NAME_OK.match(name):
+            raise PipelineError(
+                f"Queue name {name!r} may hold only letters, digits, '-' and '_'"
+            )
+        if concurrency < 1 or retries < 0 or batch < 1:
+            raise PipelineError(f"Queue {name!r}: concurrency and batch must be >= 1, retries >= 0")
+        self.name = name
+        self.topics = frozenset(topics) if topics is not None else None
+        self.options = QueueOptions(
+            concurrency=concurrency,
+            visibility_timeout=seconds(visibility_timeout),
+            retries=retries,
+            backoff=backoff or Backoff(),
+            timeout=None if timeout is None else seconds(timeout),
+            keep_completed=seconds(keep_completed),
+            batch=batch,
+        )
+        if self.options.visibility_timeout < 1:
+            raise PipelineError(f"Queue {name!r}: visibility_timeout must be at least 1 second")
+
+
+class Cron(Source):
+    """A schedule that emits an event on every tick; each tick fires once across all processes.
+
+    Args:
+        schedule: a cron expression (``"*/5 * * * *"``) or an interval in seconds / `timedelta`.
+        topic: names the tick; events ``cron`` and ``cron:<topic>`` are emitted.
+        tz: time zone name for cron expressions (default UTC).
+        catch_up: on start, fire the most recent tick missed while no process ran (once).
+    """
+
+    kind = "cron"
+
+    def __init__(
+        self,
+        schedule: str | float | timedelta,
+        *,
+        topic: str,
+        tz: str = "UTC",
+        catch_up: bool = True,
+    ) -> None:
+        if not _NAME_OK.match(topic):
+            raise PipelineError(f"Cron topic {topic!r} may hold only letters, digits, '-' and '_'")
+        self.topic = topic
+        self.name = f"cron:{topic}"
+        self.tz = tz
+        self.catch_up = catch_up
+        if isinstance(schedule, str):
+            from croniter import croniter
+
+            if not croniter.is_valid(schedule):
+                raise PipelineError(f"Cron({schedule!r}): not a valid cron expression")
+            self.expression: str | None = schedule
+            self.interval: float | None = None
+        else:
+            interval = seconds(schedule)
+            if interval <= 0:
+                raise PipelineError("Cron interval must be positive")
+            self.expression = None
+            self.interval = interval
+
+    def describe(self) -> str:
+        what = self.expression if self.expression is not None else f"every {self.interval:g}s"
+        return f"Cron({what!r}, topic={self.topic!r})"
+
+
+def _decoder_for(decoder: Any) -> Callable[[bytes], Any]:
+    from_string = getattr(decoder, "FromString", None)
+    if isinstance(decoder, type) and callable(from_string):
+        return from_string  # type: ignore[no-any-return]
+    if not callable(decoder):
+        raise PipelineError(
+            f"Stream decoder must be a protobuf message class or a callable bytes -> object, "
+            f"got {decoder!r}"
+        )
+    return decoder  # type: ignore[no-any-return]
+
+
+def _encoder_for(decoder: Any) -> Callable[[Any], bytes] | None:
+    """How `publish` encodes an event: protobuf messages serialise themselves; bytes pass."""
+    if isinstance(decoder, type) and hasattr(decoder, "SerializeToString"):
+
+        def encode(event: Any) -> bytes:
+            if isinstance(event, Mapping):
+                event = decoder(**event)
+            return event.SerializeToString()  # type: ignore[no-any-return]
+
+        return encode
+    return None

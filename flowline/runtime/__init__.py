@@ -1,0 +1,1 @@
+"""The runtime: executes compiled pipelines (stream ingest, queue workers, cron, the runner)."""

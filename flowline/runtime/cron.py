@@ -1,0 +1,128 @@
+"""Cron sources: every process watches the schedule; Redis decides which one fires a tick.
+
+A tick fires when its time has come and the shared high-water mark is below it. The firing
+process takes a short lease on the tick, routes it, enqueues its jobs under ids derived from
+the tick (so even two firings could not queue a job twice), then raises the mark. A process
+that dies mid-tick lets the lease lapse and another fires it. Missed ticks (no process ran):
+only the most recent one fires, once, when a process starts (``catch_up=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from .enqueue import plan, write
+from .keys import cron_key
+from .routing import call_router
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline
+    from .._stages import Cron
+    from .scripts import Scripts
+
+log = structlog.get_logger("flowline.cron")
+
+# KEYS: mark. ARGV: tick ms. Raises the mark to the tick if it is higher.
+_RAISE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class CronTick:
+    """The event a cron source hands its router: which topic, and the scheduled time."""
+
+    topic: str
+    scheduled: datetime
+
+
+def previous_tick(cron: Cron, now: float) -> float:
+    """The latest scheduled time at or before `now` (epoch seconds)."""
+    if cron.interval is not None:
+        return (now // cron.interval) * cron.interval
+    from croniter import croniter
+
+    base = datetime.fromtimestamp(now, ZoneInfo(cron.tz))
+    it = croniter(cron.expression, base)
+    if croniter.match(cron.expression, base.replace(microsecond=0)) and base.second == 0:
+        return base.replace(microsecond=0).timestamp()
+    return float(it.get_prev(float))
+
+
+def next_tick(cron: Cron, now: float) -> float:
+    """The first scheduled time strictly after `now` (epoch seconds)."""
+    if cron.interval is not None:
+        return (now // cron.interval + 1) * cron.interval
+    from croniter import croniter
+
+    return float(croniter(cron.expression, datetime.fromtimestamp(now, ZoneInfo(cron.tz))).get_next(float))
+
+
+class CronSource:
+    """Fires one pipeline's Cron ticks, coordinated with every other process through Redis."""
+
+    def __init__(self, pipeline: Pipeline, cron: Cron, redis: Redis, scripts: Scripts) -> None:
+        self.pipeline = pipeline
+        self.cron = cron
+        self.redis = redis
+        self.scripts = scripts
+        self.mark = cron_key(pipeline.name, cron.topic)
+        self.raise_mark = redis.register_script(_RAISE)
+        self.log = log.bind(pipeline=pipeline.name, stage="cron", topic=cron.topic)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        first = True
+        while not stop.is_set():
+            now = time.time()
+            try:
+                last = await self.redis.get(self.mark)
+                tick = previous_tick(self.cron, now)
+                if first and (last is None or not self.cron.catch_up):
+                    # Start the schedule now: history is not replayed (see the module docstring).
+                    await self.raise_mark(keys=[self.mark], args=[int(tick * 1000)])
+                elif int(last or -1) < int(tick * 1000):
+                    await self.fire(tick)
+                first = False
+            except Exception as exc:
+                self.log.warning("cron check failed", error=repr(exc))
+            wait = max(0.01, min(1.0, next_tick(self.cron, time.time()) - time.time()))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+
+    async def fire(self, tick: float) -> bool:
+        """Fire the tick at `tick` unless another process holds its lease; True if fired."""
+        tick_ms = int(tick * 1000)
+        lease = f"{self.mark}:lease:{tick_ms}"
+        if not await self.redis.set(lease, "1", nx=True, px=30_000):
+            return False
+        event = CronTick(self.cron.topic, datetime.fromtimestamp(tick, timezone.utc))
+        bus = self.pipeline.bus
+        bus.emit("cron", "cron", event=event, topic=self.cron.topic)
+        bus.emit(f"cron:{self.cron.topic}", "cron", event=event, topic=self.cron.topic)
+        route = self.pipeline.route
+        try:
+            if route is not None:
+                jobs = await call_router(route, event)
+                rows = plan(self.pipeline, jobs, f"cron:{self.cron.topic}:{tick_ms}", "cron", "route")
+                await write(self.redis, self.scripts, rows)
+        except Exception as exc:
+            bus.emit("error:cron", "cron", error=exc, event=event)
+            self.log.warning("cron tick failed; it will be retried", error=repr(exc))
+            await self.redis.delete(lease)
+            return False
+        await self.raise_mark(keys=[self.mark], args=[tick_ms])
+        self.log.info("cron fired", scheduled=event.scheduled.isoformat())
+        return True

@@ -1,0 +1,157 @@
+"""The dead-letter store: what could not be processed, kept with everything needed to replay it.
+
+Stream messages that cannot be decoded or routed go to the pipeline's stream-side store;
+jobs that exhaust their attempts go to their queue's ``dead`` stream (written atomically with
+the job's removal by the FAIL script). Both hold one JSON record per entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .keys import QueueKeys, stream_dead_letters
+from .scripts import Scripts
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter: where it came from, why, and its original payload."""
+
+    id: str
+    store: str
+    record: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.record.get("kind"))
+
+
+def describe_error(err: BaseException) -> dict[str, Any]:
+    return {
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": "".join(traceback.format_exception(err)),
+    }
+
+
+def job_record(
+    *,
+    job_id: str,
+    queue: str,
+    topic: str,
+    data: str,
+    attempts: int,
+    err: BaseException,
+    created: str | None = None,
+) -> str:
+    """The JSON record of a job that exhausted its attempts."""
+    return json.dumps(
+        {
+            "kind": "job",
+            "stage": "job",
+            "job_id": job_id,
+            "queue": queue,
+            "topic": topic,
+            "data": data,
+            "attempts": attempts,
+            "created": created,
+            "failed_at": time.time(),
+            **describe_error(err),
+        }
+    )
+
+
+async def bury_message(
+    redis: Redis,
+    pipeline: str,
+    msg: Msg,
+    err: BaseException,
+    stage: str,
+    deliveries: int,
+    stream_name: str,
+) -> str:
+    """Store an undecodable or unroutable stream message; returns the dead letter's id."""
+    record = {
+        "kind": "message",
+        "stage": stage,
+        "pipeline": pipeline,
+        "subject": msg.subject,
+        "stream": stream_name,
+        "sequence": msg.metadata.sequence.stream,
+        "payload_b64": base64.b64encode(msg.data).decode(),
+        "attempts": deliveries,
+        "failed_at": time.time(),
+        **describe_error(err),
+    }
+    keys = stream_dead_letters(pipeline)
+    entry = await redis.xadd(keys.dead, {"record": json.dumps(record)})
+    return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+
+def stores(pipeline: Pipeline) -> list[str]:
+    """Every dead-letter stream of a pipeline: its stream side, then each queue."""
+    return [stream_dead_letters(pipeline.name).dead, *(QueueKeys(q.name).dead for q in pipeline.queues)]
+
+
+async def listing(redis: Redis, pipeline: Pipeline, limit: int = 1000) -> list[DeadLetter]:
+    """Dead letters of a pipeline, oldest first."""
+    out = []
+    for store in stores(pipeline):
+        for entry_id, fields in await redis.xrange(store, count=limit):
+            out.append(DeadLetter(_s(entry_id), store, json.loads(fields[b"record"])))
+    return out
+
+
+async def replay(
+    redis: Redis, js: JetStreamContext | None, pipeline: Pipeline, letter: DeadLetter
+) -> None:
+    """Send a dead letter back through the normal path and remove it from the store.
+
+    A job goes back on its queue as attempt 1 under the same id; a message is republished to
+    its subject (with a message id, so a repeated replay is stored once by JetStream).
+    """
+    record = letter.record
+    if letter.kind == "job":
+        keys = QueueKeys(record["queue"])
+        await Scripts(redis).replay(
+            keys=[keys.jobs, keys.dead],
+            args=[
+                keys.job_prefix,
+                int(time.time() * 1000),
+                letter.id,
+                record["job_id"],
+                record["topic"],
+                record["data"],
+            ],
+        )
+        return
+    if js is None:
+        raise RuntimeError("replaying a stream message needs a NATS connection")
+    payload = base64.b64decode(record["payload_b64"])
+    await js.publish(
+        record["subject"], payload, headers={"Nats-Msg-Id": f"replay:{record['stream']}:{record['sequence']}:{letter.id}"}
+    )
+    await redis.xdel(letter.store, letter.id)
+
+
+async def purge(redis: Redis, letters: list[DeadLetter]) -> int:
+    """Delete dead letters for good; returns how many were removed."""
+    removed = 0
+    for letter in letters:
+        removed += int(await redis.xdel(letter.store, letter.id))
+    return removed
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,78 @@
+"""Turning `Job` descriptions into rows and writing them to their queues, idempotently."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .._stages import Job, seconds
+from ..errors import SerializationError, UnknownTopicError
+from .job import dumps
+from .keys import QueueKeys
+from .scripts import Scripts
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A job ready to be written: its queue, stable id, topic and encoded data."""
+
+    queue: str
+    id: str
+    topic: str
+    data: str
+    due_ms: int
+    origin: str
+
+
+def plan(
+    pipeline: Pipeline, jobs: Iterable[Job], base_id: str, origin: str, stage: str
+) -> list[Planned]:
+    """Give each job its id (``<base_id>:<index>``, or ``key:<key>``) and encode its data.
+
+    Raises:
+        UnknownTopicError: a job's topic has no handler in the pipeline.
+        SerializationError: a job's data is not JSON-serialisable.
+    """
+    now = time.time()
+    rows = []
+    for index, job in enumerate(jobs):
+        topic = pipeline.topics.get(job.topic)
+        if topic is None:
+            known = ", ".join(sorted(pipeline.topics)) or "none"
+            raise UnknownTopicError(
+                f"no handler dequeues topic {job.topic!r} (dequeued topics: {known}); "
+                f"add @pipeline.dequeue({job.topic!r})",
+                stage=stage,
+            )
+        try:
+            data = dumps(job.data, what=f"data of job {job.topic!r}")
+        except SerializationError as exc:
+            exc.add_note(f"[while running stage {stage!r}]")
+            raise
+        due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
+        job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
+        rows.append(Planned(topic.queue.name, job_id, job.topic, data, due, origin))
+    return rows
+
+
+async def write(redis: Redis, scripts: Scripts, rows: list[Planned]) -> int:
+    """Write rows with one atomic script call per queue; returns how many were new."""
+    by_queue: dict[str, list[Planned]] = {}
+    for row in rows:
+        by_queue.setdefault(row.queue, []).append(row)
+    now = str(int(time.time() * 1000))
+    added = 0
+    for name, group in by_queue.items():
+        keys = QueueKeys(name)
+        args: list[str | int] = [keys.job_prefix, now]
+        for r in group:
+            args += (r.id, r.topic, r.data, r.due_ms, r.origin)
+        added += int(await scripts.enqueue(keys=[keys.jobs, keys.delayed], args=args))
+    return added

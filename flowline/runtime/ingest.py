@@ -1,0 +1,231 @@
+"""The stream side: fetch a batch, decode, route, enqueue idempotently, then ack.
+
+Ordering is the whole guarantee: a message is acked only after every job it produced is in
+Redis. A crash anywhere before the ack means JetStream redelivers it; its jobs get the same
+ids (stream + sequence + index) and the enqueue script skips the ones already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import re
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from ..errors import DecodeError, EnqueueError, RouteError, StageError, UnknownTopicError
+from . import deadletters
+from .enqueue import Planned, plan, write
+from .routing import call_router
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline
+    from .._stages import Stream
+    from .scripts import Scripts
+
+log = structlog.get_logger("flowline.ingest")
+
+
+def stream_name_for(subject: str) -> str:
+    """The JetStream stream flowline creates for a subject when none captures it."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", subject)
+
+
+async def ensure_stream(js: JetStreamContext, subject: str) -> str:
+    """The name of the stream capturing `subject`, creating a file-backed one if none does."""
+    try:
+        return str(await js.find_stream_name_by_subject(subject))
+    except nats.js.errors.NotFoundError:
+        name = stream_name_for(subject)
+        try:
+            await js.add_stream(
+                StreamConfig(
+                    name=name,
+                    subjects=[subject],
+                    storage=StorageType.FILE,
+                    duplicate_window=120.0,
+                )
+            )
+        except nats.js.errors.BadRequestError:
+            # Another flowline process created it between our lookup and our create.
+            return str(await js.find_stream_name_by_subject(subject))
+        log.info("created stream", stream=name, subject=subject)
+        return name
+
+
+class StreamIngest:
+    """Consumes one pipeline's Stream through a durable pull consumer shared by all processes."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        stream: Stream[Any],
+        js: JetStreamContext,
+        redis: Redis,
+        scripts: Scripts,
+    ) -> None:
+        self.pipeline = pipeline
+        self.stream = stream
+        self.js = js
+        self.redis = redis
+        self.scripts = scripts
+        self.bus = pipeline.bus
+        self.route = pipeline.route
+        self.durable = pipeline.name
+        self.stream_name = ""
+        self.log = log.bind(pipeline=pipeline.name, stage="stream", subject=stream.subject)
+        self._concurrent_route = self.route is not None and (
+            inspect.iscoroutinefunction(self.route.fn)
+            or inspect.isasyncgenfunction(self.route.fn)
+        )
+
+    async def setup(self) -> None:
+        """Create the stream (if no stream captures the subject) and the durable consumer."""
+        self.stream_name = await ensure_stream(self.js, self.stream.subject)
+        # max_deliver stays unlimited on the server: past the limit JetStream would drop the
+        # message silently, so flowline counts deliveries itself and dead-letters instead.
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.stream.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max(20_000, self.stream.batch * 8),
+            filter_subject=self.stream.subject,
+        )
+        self.sub = await self.js.pull_subscribe(
+            self.stream.subject, durable=self.durable, stream=self.stream_name, config=config
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and process batches until `stop` is set; never exits on a server fault."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                msgs = await self.sub.fetch(self.stream.batch, timeout=0.5)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures)
+                self.log.warning("fetch failed; backing off", error=repr(exc), delay=delay)
+                await asyncio.sleep(delay)
+                continue
+            ok = await self._keepalive(self.process(msgs), msgs)
+            failures = 0 if ok else failures + 1
+            if not ok:
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+
+    async def _keepalive(self, work: Any, msgs: list[Msg]) -> bool:
+        """Await `work`, telling JetStream the batch is in progress while a route runs long."""
+        task = asyncio.ensure_future(work)
+        interval = max(0.5, self.stream.ack_wait / 3)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval)
+            if done:
+                return bool(task.result())
+            for msg in msgs:
+                if not msg._ackd:
+                    await msg.in_progress()
+
+    async def process(self, msgs: list[Msg]) -> bool:
+        """Route a batch, enqueue all its jobs, ack; returns False when Redis refused them."""
+        if self._concurrent_route:
+            results = await asyncio.gather(*(self._prepare(m) for m in msgs))
+        else:
+            results = [await self._prepare(m) for m in msgs]
+        rows: list[Planned] = []
+        ready: list[Msg] = []
+        for msg, planned in zip(msgs, results, strict=True):
+            if planned is not None:
+                rows.extend(planned)
+                ready.append(msg)
+        if rows:
+            try:
+                await write(self.redis, self.scripts, rows)
+            except Exception as exc:
+                err = EnqueueError(f"could not enqueue {len(rows)} jobs: {exc!r}", stage="enqueue")
+                self.log.warning("enqueue failed; messages will be redelivered", error=repr(exc))
+                self.bus.emit("error:enqueue", "enqueue", error=err, jobs=len(rows))
+                for msg in ready:
+                    await msg.nak(delay=1.0)
+                return False
+        for msg in ready:
+            await msg.ack()
+        return True
+
+    async def _prepare(self, msg: Msg) -> list[Planned] | None:
+        """Decode and route one message; None when it was dead-lettered or handed back."""
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        deliveries = meta.num_delivered
+        bus = self.bus
+        try:
+            if len(msg.data) > self.stream.max_payload:
+                raise DecodeError(
+                    f"message of {len(msg.data)} bytes exceeds max_payload "
+                    f"({self.stream.max_payload})",
+                    stage="decode",
+                )
+            if not msg.data:
+                raise DecodeError("empty message", stage="decode")
+            try:
+                event = self.stream.decode(msg.data)
+            except Exception as exc:
+                raise DecodeError(
+                    f"could not decode message {seq} of {self.stream.subject!r} with "
+                    f"{self.stream.describe()}: {type(exc).__name__}: {exc}",
+                    stage="decode",
+                ) from exc
+        except DecodeError as err:
+            bus.emit("error:decode", "decode", error=err, subject=msg.subject, sequence=seq)
+            return await self._bury(msg, err, "decode", deliveries)
+        if bus.wants("stream"):
+            bus.emit("stream", "stream", event=event, subject=msg.subject, sequence=seq)
+        if self.route is None:
+            return []
+        try:
+            jobs = await call_router(self.route, event)
+            rows = plan(self.pipeline, jobs, f"{self.stream_name}:{seq}", "stream", "route")
+        except Exception as exc:
+            err = exc if isinstance(exc, StageError) else RouteError(str(exc), stage="route")
+            bus.emit("error:route", "route", error=err, event=event, sequence=seq)
+            deterministic = isinstance(exc, UnknownTopicError) or not isinstance(exc, RouteError)
+            if deterministic or deliveries >= self.stream.max_deliver:
+                return await self._bury(msg, err, "route", deliveries)
+            await msg.nak(delay=min(30.0, 0.5 * 2 ** (deliveries - 1)))
+            return None
+        if bus.wants("route"):
+            bus.emit("route", "route", event=event, jobs=jobs, sequence=seq)
+        return rows
+
+    async def _bury(
+        self, msg: Msg, err: BaseException, stage: str, deliveries: int
+    ) -> None:
+        """Dead-letter a message, then terminate it; if Redis is down, hand it back instead."""
+        try:
+            entry = await deadletters.bury_message(
+                self.redis, self.pipeline.name, msg, err, stage, deliveries, self.stream_name
+            )
+        except Exception as exc:
+            self.log.warning("could not dead-letter message; will retry", error=repr(exc))
+            await msg.nak(delay=1.0)
+            return None
+        self.log.warning(
+            "message dead-lettered",
+            sequence=msg.metadata.sequence.stream,
+            error=str(err),
+            dead_letter=entry,
+        )
+        self.bus.emit("dead-letter", stage, error=err, id=entry, sequence=msg.metadata.sequence.stream)
+        await msg.term()
+        return None

@@ -1,0 +1,77 @@
+"""`JobContext`: what a handler receives, and how jobs are encoded on the wire (JSON only)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SerializationError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .._events import EventBus
+
+Handler = Callable[["JobContext"], Awaitable[Any] | Any]
+
+
+def dumps(value: Any, *, what: str) -> str:
+    """JSON-encode job data or a result; anything else is a `SerializationError`."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def loads(raw: bytes | str) -> Any:
+    """Decode job data; payloads are never unpickled or evaluated."""
+    return json.loads(raw)
+
+
+class JobContext:
+    """One running job, as its handler sees it.
+
+    Attributes:
+        id: stable across redeliveries and retries (``<stream>:<sequence>:<index>`` for jobs
+            routed from a stream message).
+        topic: the job's topic.
+        data: the decoded JSON payload.
+        attempt: 1 on the first run, counting up on retries and after a worker died.
+        queue: the queue's name.
+    """
+
+    __slots__ = ("_bus", "_key", "_redis", "attempt", "data", "id", "queue", "topic")
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        topic: str,
+        data: Any,
+        attempt: int,
+        queue: str,
+        redis: Redis | None,
+        key: str,
+        bus: EventBus | None,
+    ) -> None:
+        self.id = id
+        self.topic = topic
+        self.data = data
+        self.attempt = attempt
+        self.queue = queue
+        self._redis = redis
+        self._key = key
+        self._bus = bus
+
+    async def progress(self, percent: float) -> None:
+        """Report progress (0..100): stored on the job record and emitted as ``job:progress``."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress must be within 0..100, got {percent}")
+        if self._redis is not None:
+            await self._redis.hset(self._key, "progress", percent)
+        if self._bus is not None:
+            self._bus.emit("job:progress", "job", job=self, progress=percent)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.topic} id={self.id} attempt={self.attempt}>"

@@ -1,0 +1,56 @@
+"""Where a queue lives in Redis.
+
+Every key of one queue shares the hash tag ``{name}``, so one Lua call per queue is atomic
+and the layout works unchanged on Redis Cluster.
+
+    flowline:{q}:jobs        stream of ready jobs (consumer group ``flowline``)
+    flowline:{q}:delayed     zset: job id -> due time (ms) for delayed jobs and retries
+    flowline:{q}:dead        stream of dead letters (jobs that exhausted their attempts)
+    flowline:{q}:job:<id>    hash: state, topic, attempt, progress, result, error, timestamps
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "flowline"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The Redis keys of one queue (or of one pipeline's stream-side dead letters)."""
+
+    name: str
+
+    @property
+    def prefix(self) -> str:
+        return f"flowline:{{{self.name}}}:"
+
+    @property
+    def jobs(self) -> str:
+        return self.prefix + "jobs"
+
+    @property
+    def delayed(self) -> str:
+        return self.prefix + "delayed"
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + "dead"
+
+    @property
+    def job_prefix(self) -> str:
+        return self.prefix + "job:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+
+def stream_dead_letters(pipeline: str) -> QueueKeys:
+    """Keys holding dead letters of a pipeline's stream side (undecodable or unroutable)."""
+    return QueueKeys(f"stream:{pipeline}")
+
+
+def cron_key(pipeline: str, topic: str) -> str:
+    """The key whose value is the last cron tick fired (ms), shared by every process."""
+    return f"flowline:{{cron:{pipeline}}}:{topic}"

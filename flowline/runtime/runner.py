@@ -1,0 +1,244 @@
+"""The runner: connects to NATS and Redis, starts what the plan says, stops cleanly.
+
+``flowline worker`` is a thin shell around `Runner`; notebooks and tests use it directly:
+
+    async with Runner(pipeline, Settings(...)) as app:
+        await app.publish(pipeline, event)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from redis.asyncio import Redis
+
+from .._compile import Plan, compile_plan
+from .._pipeline import Pipeline
+from .._settings import Settings, redact
+from .._stages import Job, Stream
+from ..errors import ConfigurationError, PipelineError
+from . import deadletters
+from .cron import CronSource
+from .enqueue import plan as plan_jobs
+from .enqueue import write
+from .ingest import StreamIngest, ensure_stream
+from .scripts import Scripts
+from .worker import QueueWorker, consumer_name
+
+log = structlog.get_logger("flowline.runner")
+
+
+async def connect_nats(settings: Settings) -> NATS:
+    """A NATS connection that reconnects forever; credentials never reach the logs."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=repr(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected; reconnecting", url=redact(settings.nats_url))
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", url=redact(settings.nats_url))
+
+    try:
+        return await nats.connect(
+            servers=[u.strip() for u in settings.nats_url.split(",")],
+            name="flowline",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **settings.nats_options,  # type: ignore[arg-type]
+        )
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot connect to NATS at {redact(settings.nats_url)}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+async def connect_redis(settings: Settings) -> Redis:
+    """A Redis client, checked with PING so a wrong URL fails at start, not mid-stream."""
+    redis = Redis.from_url(
+        settings.redis_url,
+        health_check_interval=10,
+        socket_keepalive=True,
+        retry_on_timeout=True,
+        **settings.redis_options,  # type: ignore[arg-type]
+    )
+    try:
+        await redis.ping()
+    except Exception as exc:
+        await redis.aclose()
+        raise ConfigurationError(
+            f"cannot connect to Redis at {redact(settings.redis_url)}: {type(exc).__name__}: {exc}"
+        ) from None
+    return redis
+
+
+class Runner:
+    """Runs pipelines in this process: stream ingest, queue workers and cron, per the plan."""
+
+    def __init__(
+        self,
+        target: object,
+        settings: Settings | None = None,
+        *,
+        only: Iterable[str] | None = None,
+    ) -> None:
+        self.plan: Plan = compile_plan(target, only)
+        self.settings = settings or Settings.from_env()
+        self.stop_event = asyncio.Event()
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.redis: Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._consumer = consumer_name()
+
+    async def start(self) -> None:
+        """Connect, create streams, consumers and queue groups, and start every loop."""
+        s = self.settings
+        self.redis = await connect_redis(s)
+        self.scripts = Scripts(self.redis)
+        if self.plan.streams or any(isinstance(p.source, Stream) for p in self.plan.pipelines):
+            self.nc = await connect_nats(s)
+            self.js = self.nc.jetstream()
+        for pipeline in self.plan.pipelines:
+            pipeline._runner = self  # lets pipeline.publish / pipeline.enqueue use this runner
+        for p, stream in self.plan.streams:
+            assert self.js is not None
+            ingest = StreamIngest(p, stream, self.js, self.redis, self.scripts)
+            await ingest.setup()
+            self._spawn(ingest.run(self.stop_event), f"stream:{p.name}")
+        for p, queue in self.plan.queues:
+            worker = QueueWorker(
+                p, queue, self.redis, self.scripts, concurrency=s.concurrency,
+                consumer=f"{self._consumer}-{queue.name}",
+            )
+            await worker.setup()
+            self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
+        for p, cron in self.plan.crons:
+            source = CronSource(p, cron, self.redis, self.scripts)
+            self._spawn(source.run(self.stop_event), f"cron:{cron.topic}")
+        log.info(
+            "flowline started",
+            pipelines=[p.name for p in self.plan.pipelines],
+            streams=[st.subject for _, st in self.plan.streams],
+            queues=[q.name for _, q in self.plan.queues],
+            crons=[c.topic for _, c in self.plan.crons],
+            nats=redact(s.nats_url),
+            redis=redact(s.redis_url),
+        )
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._on_task_done)
+        self._tasks.append(task)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a flowline loop crashed; stopping", task=task.get_name(),
+                      error=repr(task.exception()))
+            self.stop_event.set()
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight jobs finish (within `grace`), close connections."""
+        self.stop_event.set()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for p in self.plan.pipelines:
+            await p.bus.drain()
+            if getattr(p, "_runner", None) is self:
+                p._runner = None
+        if self.nc is not None:
+            # Not drain(): our loops have stopped, and unacked messages are redelivered anyway.
+            await self.nc.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        crashed = [r for r in results if isinstance(r, BaseException)
+                   and not isinstance(r, asyncio.CancelledError)]
+        if crashed:
+            raise crashed[0]
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        await self.start()
+        try:
+            await self.stop_event.wait()
+            log.info("stopping: no new work; finishing jobs in flight", grace=self.settings.grace)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def __aenter__(self) -> Runner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- producing ------------------------------------------------------------------------------
+
+    async def publish(self, pipeline: Pipeline, event: Any, *, msg_id: str | None = None) -> int:
+        """Put `event` on `pipeline`'s stream; returns its stream sequence.
+
+        With `msg_id`, JetStream stores a retried publish only once (within its duplicate window).
+        """
+        stream = pipeline.source
+        if not isinstance(stream, Stream):
+            raise PipelineError(f"pipeline {pipeline.name!r} has no Stream to publish to")
+        if self.js is None:
+            self.nc = await connect_nats(self.settings)
+            self.js = self.nc.jetstream()
+        payload = _encode(stream, event)
+        await ensure_stream(self.js, stream.subject)
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        ack = await self.js.publish(stream.subject, payload, headers=headers)
+        return int(ack.seq)
+
+    async def enqueue(
+        self,
+        pipeline: Pipeline,
+        topic: str,
+        data: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+    ) -> str:
+        """Put one job on its queue without a stream; returns its id.
+
+        With `key`, enqueueing the same key again (a retried HTTP request) is a no-op.
+        """
+        assert self.redis is not None
+        base = f"direct:{time.time_ns()}:{id(self) & 0xFFFF}"
+        rows = plan_jobs(pipeline, [Job(topic, data, delay=delay, key=key)], base, "direct", "enqueue")
+        await write(self.redis, self.scripts, rows)
+        return rows[0].id
+
+    async def dead_letters(self, pipeline: Pipeline) -> list[deadletters.DeadLetter]:
+        """The pipeline's dead letters, oldest first."""
+        assert self.redis is not None
+        return await deadletters.listing(self.redis, pipeline)
+
+
+def _encode(stream: Stream[Any], event: Any) -> bytes:
+    if isinstance(event, bytes):
+        return event
+    if stream.encode is None:
+        raise PipelineError(
+            f"{stream.describe()} cannot encode {type(event).__name__}; publish bytes instead"
+        )
+    return stream.encode(event)

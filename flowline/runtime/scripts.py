@@ -1,0 +1,178 @@
+"""Lua scripts: every multi-step change to a queue happens in one atomic server-side call.
+
+Atomicity is what makes redelivery safe: a job id is written at most once, and a job moves
+between ready / delayed / dead without a moment in which it is in two places or none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+# KEYS: jobs stream, delayed zset. ARGV: job key prefix, now ms, then per job:
+# id, topic, data, due ms (0 = now), origin. Returns how many jobs were new.
+ENQUEUE = """
+local prefix, now, added = ARGV[1], ARGV[2], 0
+for i = 3, #ARGV, 5 do
+  local id = ARGV[i]
+  local key = prefix .. id
+  if redis.call('EXISTS', key) == 0 then
+    local due = tonumber(ARGV[i + 3])
+    if due > 0 then
+      redis.call('HSET', key, 'state', 'delayed', 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
+        'attempt', 1, 'created', now, 'origin', ARGV[i + 4])
+      redis.call('ZADD', KEYS[2], due, id)
+    else
+      redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[i + 1], 'attempt', 1,
+        'created', now, 'origin', ARGV[i + 4])
+      redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
+        'attempt', 1)
+    end
+    added = added + 1
+  end
+end
+return added
+"""
+
+# KEYS: jobs stream. ARGV: group, job key prefix, now ms, keep seconds, then per job:
+# entry id, job id, result json.
+COMPLETE = """
+local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 5, #ARGV, 3 do
+  redis.call('XACK', KEYS[1], group, ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  local key = prefix .. ARGV[i + 1]
+  redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished', now,
+    'progress', 100)
+  redis.call('EXPIRE', key, keep)
+end
+return 1
+"""
+
+# KEYS: jobs stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms, keep s,
+# entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
+# dead-letter record json.
+FAIL = """
+local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local eid, id, topic, data, attempt, due = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+  tonumber(ARGV[10])
+local key = prefix .. id
+if eid ~= '' then
+  redis.call('XACK', KEYS[1], group, eid)
+  redis.call('XDEL', KEYS[1], eid)
+end
+if due < 0 then
+  redis.call('HSET', key, 'state', 'failed', 'error', ARGV[11], 'finished', now)
+  redis.call('HDEL', key, 'data')
+  redis.call('EXPIRE', key, keep)
+  return redis.call('XADD', KEYS[3], '*', 'id', id, 'record', ARGV[12])
+end
+redis.call('HSET', key, 'attempt', attempt, 'error', ARGV[11])
+if due == 0 then
+  redis.call('HSET', key, 'state', 'queued')
+  redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data, 'attempt', attempt)
+else
+  redis.call('HSET', key, 'state', 'retrying', 'data', data, 'topic', topic)
+  redis.call('ZADD', KEYS[2], due, id)
+end
+return ''
+"""
+
+# KEYS: jobs stream, delayed zset. ARGV: job key prefix, now ms, limit.
+# Moves due jobs to the stream; returns {moved, next due ms or -1}.
+PROMOTE = """
+local prefix = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local key = prefix .. id
+  local f = redis.call('HMGET', key, 'topic', 'data', 'attempt')
+  if f[1] then
+    redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', f[1], 'data', f[2], 'attempt', f[3])
+    redis.call('HSET', key, 'state', 'queued')
+    redis.call('HDEL', key, 'data')
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+return {#ids, nxt[2] or '-1'}
+"""
+
+# KEYS: jobs stream. ARGV: group, consumer, min idle ms, cursor, count, job key prefix.
+# Claims jobs whose worker stopped heart-beating; counts the attempt up.
+# Returns {next cursor, {entry id, job id, topic, data, attempt}...}.
+RECLAIM = """
+local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  'COUNT', ARGV[5])
+local out = {res[1]}
+for _, e in ipairs(res[2]) do
+  local f = {}
+  local fields = e[2]
+  for j = 1, #fields, 2 do f[fields[j]] = fields[j + 1] end
+  if f.id then
+    local attempt = redis.call('HINCRBY', ARGV[6] .. f.id, 'attempt', 1)
+    table.insert(out, {e[1], f.id, f.topic, f.data, tostring(attempt)})
+  end
+end
+return out
+"""
+
+# KEYS: jobs stream. ARGV: group, consumer, entry ids...
+# Keeps this worker's claims fresh; returns the ids it no longer owns.
+HEARTBEAT = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+# KEYS: jobs stream. ARGV: group, then per job: entry id, job id, topic, data, attempt.
+# Hands unfinished jobs back on shutdown: same job, new entry, readable at once.
+RELEASE = """
+for i = 2, #ARGV, 5 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('XADD', KEYS[1], '*', 'id', ARGV[i + 1], 'topic', ARGV[i + 2],
+      'data', ARGV[i + 3], 'attempt', ARGV[i + 4])
+  end
+end
+return 1
+"""
+
+# KEYS: jobs stream, dead stream. ARGV: job key prefix, now ms, dead entry id, job id, topic,
+# data. Puts a dead job back on its queue as a fresh attempt 1 and removes the dead letter.
+REPLAY = """
+local key = ARGV[1] .. ARGV[4]
+redis.call('DEL', key)
+redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[5], 'attempt', 1, 'created', ARGV[2],
+  'origin', 'replay')
+redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'topic', ARGV[5], 'data', ARGV[6],
+  'attempt', 1)
+return redis.call('XDEL', KEYS[2], ARGV[3])
+"""
+
+
+class Scripts:
+    """The scripts registered on one Redis client (EVALSHA, reloaded on NOSCRIPT)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.enqueue: AsyncScript = redis.register_script(ENQUEUE)
+        self.complete: AsyncScript = redis.register_script(COMPLETE)
+        self.fail: AsyncScript = redis.register_script(FAIL)
+        self.promote: AsyncScript = redis.register_script(PROMOTE)
+        self.reclaim: AsyncScript = redis.register_script(RECLAIM)
+        self.heartbeat: AsyncScript = redis.register_script(HEARTBEAT)
+        self.release: AsyncScript = redis.register_script(RELEASE)
+        self.replay: AsyncScript = redis.register_script(REPLAY)
+
+
+def flat(rows: Any) -> list[Any]:
+    """Flattens per-job argument tuples into one ARGV list."""
+    return [v for row in rows for v in row]

@@ -1,0 +1,408 @@
+"""The queue side: run jobs with bounded concurrency, in batches, at least once.
+
+Hot path: one XREADGROUP fetches up to `batch` jobs; each runs as a task; finished jobs are
+completed by one script call per flush (XACK + XDEL + result), so the per-job cost is the
+handler plus a few microseconds. Safety: live workers refresh their claims (heartbeat), a
+dead worker's jobs are reclaimed after `visibility_timeout` with ``attempt`` counted up,
+failures retry with backoff and end in the dead-letter store, and shutdown hands unfinished
+jobs back instead of leaving them to time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from redis.exceptions import ResponseError
+
+from ..errors import Fail, JobError, JobTimeout, Retry, SerializationError, UnknownTopicError
+from .deadletters import job_record
+from .job import JobContext, dumps, loads
+from .keys import GROUP, QueueKeys
+from .scripts import flat
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline, Topic
+    from .._stages import Queue
+    from .scripts import Scripts
+
+log = structlog.get_logger("flowline.worker")
+
+
+def consumer_name() -> str:
+    """Unique per process: host, pid and a random suffix (pids repeat across containers)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(slots=True)
+class Running:
+    """A job this worker holds a claim on: running, or finished and waiting to be flushed."""
+
+    entry: str
+    job_id: str
+    topic: str
+    data: bytes
+    attempt: int
+    task: asyncio.Task[None] | None = None
+
+
+class QueueWorker:
+    """Runs the jobs of one queue in this process."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        queue: Queue,
+        redis: Redis,
+        scripts: Scripts,
+        *,
+        concurrency: int | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.queue = queue
+        self.topics: dict[str, Topic] = {
+            name: t for name, t in pipeline.topics.items() if t.queue is queue
+        }
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = QueueKeys(queue.name)
+        self.opts = queue.options
+        self.concurrency = concurrency or self.opts.concurrency
+        self.consumer = consumer or consumer_name()
+        self.bus = pipeline.bus
+        self.log = log.bind(pipeline=pipeline.name, stage="job", queue=queue.name)
+        self.claims: dict[str, Running] = {}
+        self._running = 0
+        self._done: list[tuple[Running, str, Any]] = []
+        self._slot = asyncio.Event()
+        self._flush_wake = asyncio.Event()
+        self._keep = str(int(self.opts.keep_completed))
+        self._vis_ms = int(self.opts.visibility_timeout * 1000)
+        self._reclaim_cursor = "0-0"
+        self._sync_handlers = {
+            name: not (inspect.iscoroutinefunction(t.handler)) for name, t in self.topics.items()
+        }
+
+    async def setup(self) -> None:
+        """Create the queue's stream and consumer group if they do not exist yet."""
+        try:
+            await self.redis.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, grace: float) -> None:
+        """Read and run jobs until `stop`; then finish or hand back what is in flight."""
+        helpers = [
+            asyncio.create_task(self._flusher(), name=f"flush:{self.queue.name}"),
+            asyncio.create_task(self._heartbeat(stop), name=f"heartbeat:{self.queue.name}"),
+            asyncio.create_task(self._maintain(stop), name=f"maintain:{self.queue.name}"),
+        ]
+        try:
+            await self._read(stop)
+        finally:
+            await self._drain(grace)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._flush_all()
+
+    async def _read(self, stop: asyncio.Event) -> None:
+        failures = 0
+        stream = {self.keys.jobs: ">"}
+        while not stop.is_set():
+            free = self.concurrency - self._running
+            if free <= 0:
+                self._slot.clear()
+                await self._slot.wait()
+                continue
+            try:
+                reply = await self.redis.xreadgroup(
+                    GROUP, self.consumer, stream, count=min(free, self.opts.batch), block=500
+                )
+                failures = 0
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # Someone deleted the queue (FLUSHALL in tests, or an operator): recreate it.
+                    await self.setup()
+                    continue
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
+                self.log.warning("reading jobs failed; backing off", error=repr(exc), delay=delay)
+                await asyncio.sleep(delay)
+                continue
+            for _, entries in reply or ():
+                for entry, fields in entries:
+                    self._start(
+                        Running(
+                            entry.decode(),
+                            fields[b"id"].decode(),
+                            fields[b"topic"].decode(),
+                            fields[b"data"],
+                            int(fields[b"attempt"]),
+                        )
+                    )
+
+    def _start(self, job: Running) -> None:
+        self.claims[job.entry] = job
+        self._running += 1
+        job.task = asyncio.create_task(self._run(job))
+
+    # -- one job --------------------------------------------------------------------------------
+
+    async def _run(self, job: Running) -> None:
+        topic = self.topics.get(job.topic)
+        bus = self.bus
+        ctx: JobContext | None = None
+        try:
+            if topic is None:
+                raise UnknownTopicError(
+                    f"queue {self.queue.name!r} has no handler for topic {job.topic!r}",
+                    stage="job",
+                )
+            ctx = JobContext(
+                id=job.job_id,
+                topic=job.topic,
+                data=loads(job.data),
+                attempt=job.attempt,
+                queue=self.queue.name,
+                redis=self.redis,
+                key=self.keys.job_prefix + job.job_id,
+                bus=bus,
+            )
+            if bus.wants("job:start"):
+                bus.emit("job:start", "job", job=ctx)
+            if topic.timeout is None:
+                result = await self._call(topic, ctx)
+            else:
+                try:
+                    async with asyncio.timeout(topic.timeout):
+                        result = await self._call(topic, ctx)
+                except TimeoutError as exc:
+                    raise JobTimeout(
+                        f"handler {topic.handler_name} ran past its {topic.timeout:g}s timeout",
+                        stage=job.topic,
+                    ) from exc
+            encoded = dumps(result, what=f"result of job {job.job_id}")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a handler may raise anything; none is lost
+            if not isinstance(exc, Exception):
+                raise
+            await self._failed(job, topic, ctx, exc)
+        else:
+            self._done.append((job, encoded, result))
+            self._flush_wake.set()
+        finally:
+            self._running -= 1
+            self._slot.set()
+
+    async def _call(self, topic: Topic, ctx: JobContext) -> Any:
+        if self._sync_handlers[topic.name]:
+            # Sync handlers run in a thread, as in taskiq and Celery, so they cannot stall the loop.
+            result = await asyncio.to_thread(topic.handler, ctx)
+        else:
+            result = topic.handler(ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _failed(
+        self, job: Running, topic: Topic | None, ctx: JobContext | None, exc: Exception
+    ) -> None:
+        retries = topic.retries if topic is not None else 0
+        final = isinstance(exc, (Fail, UnknownTopicError, SerializationError))
+        retry = isinstance(exc, Retry)
+        can_retry = not final and job.attempt <= retries
+        err: Exception = exc
+        if not retry and not isinstance(exc, JobError):
+            err = JobError(f"{type(exc).__name__}: {exc}", stage=job.topic)
+            err.__cause__ = exc
+        if not retry:
+            self.log.warning(
+                "job failed", job=job.job_id, topic=job.topic, attempt=job.attempt, error=str(exc)
+            )
+            self.bus.emit("error:job", "job", job=ctx, error=err, topic=job.topic, id=job.job_id)
+        delay = -1.0
+        if can_retry:
+            assert topic is not None
+            if retry and exc.delay is not None:  # type: ignore[attr-defined]
+                delay = max(0.0, float(exc.delay))  # type: ignore[attr-defined]
+            else:
+                delay = topic.backoff.delay(job.attempt, random.random())
+        now = time.time()
+        due = -1 if delay < 0 else (0 if delay == 0 else int((now + delay) * 1000))
+        record = "" if due >= 0 else job_record(
+            job_id=job.job_id,
+            queue=self.queue.name,
+            topic=job.topic,
+            data=job.data.decode(),
+            attempts=job.attempt,
+            err=exc,
+        )
+        while True:
+            try:
+                dead = await self.scripts.fail(
+                    keys=[self.keys.jobs, self.keys.delayed, self.keys.dead],
+                    args=[
+                        GROUP, self.keys.job_prefix, int(now * 1000), self._keep, job.entry,
+                        job.job_id, job.topic, job.data, job.attempt + 1, due, str(exc), record,
+                    ],
+                )
+                break
+            except Exception as write_exc:
+                self.log.warning("could not record failure; retrying", error=repr(write_exc))
+                await asyncio.sleep(1.0)
+        self.claims.pop(job.entry, None)
+        if due >= 0:
+            self.bus.emit("job:retry", "job", job=ctx, id=job.job_id, error=err, delay=delay)
+            return
+        self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, error=err)
+        dead_id = dead.decode() if isinstance(dead, bytes) else dead
+        self.bus.emit("dead-letter", "job", job=ctx, id=dead_id, error=err, topic=job.topic)
+
+    # -- completion -----------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake.clear()
+            await self._flush_all()
+
+    async def _flush_all(self) -> None:
+        while self._done:
+            batch, self._done = self._done, []
+            args: list[Any] = [GROUP, self.keys.job_prefix, int(time.time() * 1000), self._keep]
+            args += flat((job.entry, job.job_id, encoded) for job, encoded, _ in batch)
+            try:
+                await self.scripts.complete(keys=[self.keys.jobs], args=args)
+            except Exception as exc:
+                # Still claimed (the heartbeat keeps them); try again shortly.
+                self.log.warning("could not complete jobs; retrying", error=repr(exc))
+                self._done[:0] = batch
+                await asyncio.sleep(0.5)
+                continue
+            claims = self.claims
+            for job, _, _ in batch:
+                claims.pop(job.entry, None)
+            bus = self.bus
+            if bus.wants("job:complete"):
+                for job, _, result in batch:
+                    bus.emit("job:complete", "job", id=job.job_id, topic=job.topic, result=result,
+                             attempt=job.attempt)
+
+    # -- keeping claims, reclaiming, delayed jobs ------------------------------------------------
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        interval = self.opts.visibility_timeout / 3
+        while True:
+            await asyncio.sleep(interval)
+            entries = list(self.claims)
+            for i in range(0, len(entries), 500):
+                chunk = entries[i : i + 500]
+                try:
+                    lost = await self.scripts.heartbeat(
+                        keys=[self.keys.jobs], args=[GROUP, self.consumer, *chunk]
+                    )
+                except Exception as exc:
+                    self.log.warning("heartbeat failed", error=repr(exc))
+                    break
+                for raw in lost:
+                    self._lose(raw.decode())
+
+    def _lose(self, entry: str) -> None:
+        """Another worker took this job over (we were stalled past the visibility timeout)."""
+        job = self.claims.pop(entry, None)
+        if job is None:
+            return
+        self.log.warning("lost claim on job; stopping our run", job=job.job_id)
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+
+    async def _maintain(self, stop: asyncio.Event) -> None:
+        reclaim_every = max(0.2, self.opts.visibility_timeout / 4)
+        next_reclaim = 0.0
+        while True:
+            sleep = 0.25
+            try:
+                moved, next_due = await self.scripts.promote(
+                    keys=[self.keys.jobs, self.keys.delayed],
+                    args=[self.keys.job_prefix, int(time.time() * 1000), 500],
+                )
+                due = float(next_due)
+                if due >= 0:
+                    sleep = min(sleep, max(0.005, due / 1000 - time.time()))
+                if int(moved) == 500:
+                    sleep = 0
+                if time.monotonic() >= next_reclaim and not stop.is_set():
+                    next_reclaim = time.monotonic() + reclaim_every
+                    await self._reclaim()
+            except Exception as exc:
+                self.log.warning("queue maintenance failed", error=repr(exc))
+                sleep = 1.0
+            await asyncio.sleep(sleep)
+
+    async def _reclaim(self) -> None:
+        free = max(1, self.concurrency - self._running)
+        reply = await self.scripts.reclaim(
+            keys=[self.keys.jobs],
+            args=[GROUP, self.consumer, self._vis_ms, self._reclaim_cursor, free,
+                  self.keys.job_prefix],
+        )
+        cursor, *entries = reply
+        self._reclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
+        for entry, job_id, topic, data, attempt in entries:
+            job = Running(entry.decode(), job_id.decode(), topic.decode(), data, int(attempt))
+            self.log.warning(
+                "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
+            )
+            t = self.topics.get(job.topic)
+            limit = (t.retries if t is not None else 0) + 1
+            if job.attempt > limit:
+                self.claims[job.entry] = job
+                exc = JobError(
+                    f"worker stopped while running it {job.attempt - 1} times "
+                    f"(limit {limit} attempts)",
+                    stage=job.topic,
+                )
+                await self._failed(job, None, None, exc)
+                continue
+            self._start(job)
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    async def _drain(self, grace: float) -> None:
+        tasks = [j.task for j in self.claims.values() if j.task is not None and not j.task.done()]
+        if tasks:
+            self.log.info("waiting for jobs in flight", jobs=len(tasks), grace=grace)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._flush_all()
+        unfinished = [
+            j for j in self.claims.values() if j.task is not None and j.task.cancelled()
+        ]
+        if unfinished:
+            await self.scripts.release(
+                keys=[self.keys.jobs],
+                args=[GROUP, *flat((j.entry, j.job_id, j.topic, j.data, j.attempt) for j in unfinished)],
+            )
+            self.log.info("handed back unfinished jobs", jobs=len(unfinished))
+            for j in unfinished:
+                self.claims.pop(j.entry, None)
