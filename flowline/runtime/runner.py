@@ -38,18 +38,21 @@ log = structlog.get_logger("flowline.runner")
 
 async def connect_nats(settings: Settings) -> NATS:
     """A NATS connection that reconnects forever; credentials never reach the logs."""
+    nc: NATS | None = None
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats error", error=repr(exc))
 
     async def on_disconnect() -> None:
+        if nc is not None and (nc.is_closed or nc.is_draining):
+            return
         log.warning("nats disconnected; reconnecting", url=redact(settings.nats_url))
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", url=redact(settings.nats_url))
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             servers=[u.strip() for u in settings.nats_url.split(",")],
             name="flowline",
             max_reconnect_attempts=-1,
@@ -61,6 +64,7 @@ async def connect_nats(settings: Settings) -> NATS:
             reconnected_cb=on_reconnect,
             **settings.nats_options,  # type: ignore[arg-type]
         )
+        return nc
     except Exception as exc:
         raise ConfigurationError(
             f"cannot connect to NATS at {redact(settings.nats_url)}: {type(exc).__name__}: {exc}"

@@ -1,0 +1,5 @@
+"""``python -m flowline`` is the ``flowline`` command."""
+
+from .cli import main
+
+main()

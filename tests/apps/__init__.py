@@ -1,0 +1,1 @@
+"""Pipelines that tests run in real `flowline worker` processes."""
