@@ -107,13 +107,13 @@ class EventBus:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
             except Exception:
-                log.exception("listener raised", event=event.name, listener=repr(listener))
+                log.exception("listener raised", event_name=event.name, listener=repr(listener))
 
     async def _guard(self, result: Awaitable[None], event: Event, listener: Listener) -> None:
         try:
             await result
         except Exception:
-            log.exception("listener raised", event=event.name, listener=repr(listener))
+            log.exception("listener raised", event_name=event.name, listener=repr(listener))
 
     async def drain(self) -> None:
         """Wait for async listeners still running (used on shutdown)."""

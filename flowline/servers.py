@@ -72,6 +72,9 @@ class LocalServers:
         redis_password: require this password (tests of authenticated connections).
         nats_user, nats_password: require these credentials on NATS.
         directory: where data and logs go (default: a new temporary directory, removed on stop).
+        redis_fsync: Redis ``appendfsync``: "always" (the default) makes every acknowledged write
+            survive a SIGKILL of redis-server, which flowline's delivery guarantee assumes;
+            "everysec" may lose the last second of writes and is faster.
     """
 
     def __init__(
@@ -81,7 +84,11 @@ class LocalServers:
         nats_user: str | None = None,
         nats_password: str | None = None,
         directory: str | None = None,
+        redis_fsync: str = "always",
     ) -> None:
+        if redis_fsync not in ("always", "everysec", "no"):
+            raise ConfigurationError(f"redis_fsync must be always, everysec or no, not {redis_fsync!r}")
+        self.redis_fsync = redis_fsync
         self.redis_password = redis_password
         self.nats_user = nats_user
         self.nats_password = nats_password
@@ -123,7 +130,7 @@ class LocalServers:
 
     def start_redis(self) -> None:
         args = [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", self.redis_fsync,
                 "--save", "", "--daemonize", "no", "--protected-mode", "no"]
         if self.redis_password:
             args += ["--requirepass", self.redis_password]

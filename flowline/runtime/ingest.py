@@ -18,7 +18,14 @@ import nats.js.errors
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from ..errors import DecodeError, EnqueueError, RouteError, StageError, UnknownTopicError
+from ..errors import (
+    DecodeError,
+    EnqueueError,
+    RouteError,
+    SerializationError,
+    StageError,
+    UnknownTopicError,
+)
 from . import deadletters
 from .enqueue import Planned, plan, write
 from .routing import call_router
@@ -197,7 +204,11 @@ class StreamIngest:
             jobs = await call_router(self.route, event)
             rows = plan(self.pipeline, jobs, f"{self.stream_name}:{seq}", "stream", "route")
         except Exception as exc:
-            err = exc if isinstance(exc, StageError) else RouteError(str(exc), stage="route")
+            err = (
+                exc
+                if isinstance(exc, (StageError, SerializationError))
+                else RouteError(str(exc), stage="route")
+            )
             bus.emit("error:route", "route", error=err, event=event, sequence=seq)
             deterministic = isinstance(exc, UnknownTopicError) or not isinstance(exc, RouteError)
             if deterministic or deliveries >= self.stream.max_deliver:
