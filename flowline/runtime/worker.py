@@ -11,6 +11,7 @@ jobs back instead of leaving them to time out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import random
@@ -87,6 +88,7 @@ class QueueWorker:
         self._done: list[tuple[Running, str, Any]] = []
         self._slot = asyncio.Event()
         self._flush_wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._keep = str(int(self.opts.keep_completed))
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
         self._reclaim_cursor = "0-0"
@@ -106,19 +108,26 @@ class QueueWorker:
 
     async def run(self, stop: asyncio.Event, grace: float) -> None:
         """Read and run jobs until `stop`; then finish or hand back what is in flight."""
+        # Helpers stop cooperatively through `_closing`, never by cancellation: redis-py can
+        # swallow a CancelledError that lands mid-command, which would leave a loop running.
         helpers = [
             asyncio.create_task(self._flusher(), name=f"flush:{self.queue.name}"),
-            asyncio.create_task(self._heartbeat(stop), name=f"heartbeat:{self.queue.name}"),
+            asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.queue.name}"),
             asyncio.create_task(self._maintain(stop), name=f"maintain:{self.queue.name}"),
         ]
         try:
             await self._read(stop)
         finally:
             await self._drain(grace)
-            for task in helpers:
-                task.cancel()
+            self._closing.set()
+            self._flush_wake.set()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self._flush_all()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, waking early when the worker is closing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
 
     async def _read(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -279,7 +288,7 @@ class QueueWorker:
     # -- completion -----------------------------------------------------------------------------
 
     async def _flusher(self) -> None:
-        while True:
+        while not self._closing.is_set():
             await self._flush_wake.wait()
             self._flush_wake.clear()
             await self._flush_all()
@@ -295,7 +304,9 @@ class QueueWorker:
                 # Still claimed (the heartbeat keeps them); try again shortly.
                 self.log.warning("could not complete jobs; retrying", error=repr(exc))
                 self._done[:0] = batch
-                await asyncio.sleep(0.5)
+                if self._closing.is_set():
+                    return  # unacked: the heartbeat is gone, so another worker reclaims them
+                await self._pause(0.5)
                 continue
             claims = self.claims
             for job, _, _ in batch:
@@ -308,10 +319,10 @@ class QueueWorker:
 
     # -- keeping claims, reclaiming, delayed jobs ------------------------------------------------
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
+    async def _heartbeat(self) -> None:
         interval = self.opts.visibility_timeout / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not self._closing.is_set():
+            await self._pause(interval)
             entries = list(self.claims)
             for i in range(0, len(entries), 500):
                 chunk = entries[i : i + 500]
@@ -337,7 +348,7 @@ class QueueWorker:
     async def _maintain(self, stop: asyncio.Event) -> None:
         reclaim_every = max(0.2, self.opts.visibility_timeout / 4)
         next_reclaim = 0.0
-        while True:
+        while not self._closing.is_set():
             sleep = 0.25
             try:
                 moved, next_due = await self.scripts.promote(
@@ -355,7 +366,7 @@ class QueueWorker:
             except Exception as exc:
                 self.log.warning("queue maintenance failed", error=repr(exc))
                 sleep = 1.0
-            await asyncio.sleep(sleep)
+            await self._pause(sleep)
 
     async def _reclaim(self) -> None:
         free = max(1, self.concurrency - self._running)
@@ -393,11 +404,11 @@ class QueueWorker:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                # Bounded: a handler may ignore cancellation; its job is handed back regardless.
+                await asyncio.wait(pending, timeout=5)
         await self._flush_all()
-        unfinished = [
-            j for j in self.claims.values() if j.task is not None and j.task.cancelled()
-        ]
+        unfinished = [j for j in self.claims.values() if j.task is not None and j.task.cancelled()]
         if unfinished:
             await self.scripts.release(
                 keys=[self.keys.jobs],

@@ -4,7 +4,7 @@ Events are JSON: ``{"jobs": [{"topic": ..., "data": ...}, ...]}`` becomes those 
 ``{"raise": "why"}`` makes the router raise. Settings come from the environment so one module
 serves every test: FLOWLINE_TEST_VISIBILITY, FLOWLINE_TEST_RETRIES, FLOWLINE_TEST_MAX_DELIVER.
 
-Every handler run appends ``{"id", "topic", "attempt", "pid", "event"}`` to the Redis list
+Every handler run appends ``{"id", "topic", "attempt", "pid", "event", "t"}`` to the Redis list
 ``test:runs`` (event is "start" or "done"), so tests assert on what handlers really did.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -36,7 +37,7 @@ def _client() -> Redis:
 
 async def record(job: JobContext, event: str, **extra: Any) -> None:
     entry = {"id": job.id, "topic": job.topic, "attempt": job.attempt, "pid": os.getpid(),
-             "event": event, **extra}
+             "event": event, "t": time.time(), **extra}
     await _client().rpush("test:runs", json.dumps(entry))
 
 
