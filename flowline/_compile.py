@@ -43,7 +43,8 @@ def as_pipelines(target: object) -> tuple[Pipeline, ...]:
 def compile_plan(target: object, only: Iterable[str] | None = None) -> Plan:
     """Validate `target` as a whole and pick the parts named by `only` (all when None).
 
-    `only` items: ``stream``, ``cron``, ``queue`` (every queue) or ``queue:NAME``.
+    `only` items: ``stream``, ``cron``, ``queue`` (every queue) or ``queue:NAME``; an empty
+    collection runs nothing (a producer that only publishes and enqueues).
 
     Raises:
         PipelineError: two pipelines share a queue, or a queue has no handler at all.
@@ -59,7 +60,7 @@ def compile_plan(target: object, only: Iterable[str] | None = None) -> Plan:
                     f"a queue belongs to one pipeline"
                 )
             owners[q.name] = p.name
-    wanted = set(only) if only else {"stream", "cron", "queue"}
+    wanted = {"stream", "cron", "queue"} if only is None else set(only)
     queue_names = {f"queue:{name}" for name in owners}
     unknown = wanted - {"stream", "cron", "queue"} - queue_names
     if unknown:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from .runtime.job import Handler
+    from .runtime.queues import QueueHandle
     from .runtime.runner import Runner
 
 
@@ -204,11 +205,56 @@ class Pipeline:
         """Put a job on its queue directly; with `key`, enqueueing it again is a no-op."""
         return await self._bound().enqueue(self, topic, data, key=key, delay=delay)
 
+    def enqueue_sync(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+        redis_url: str | None = None,
+    ) -> str:
+        """`enqueue` for code that is not async (a Django view); needs no running `Runner`.
+
+        Args:
+            redis_url: where the queue lives; default ``FLOWLINE_REDIS_URL`` or localhost.
+        """
+        import time
+
+        from redis import Redis as SyncRedis
+
+        from ._settings import Settings
+        from ._stages import Job
+        from .runtime.enqueue import plan, write_sync
+
+        url = redis_url or Settings.from_env().redis_url
+        base = f"direct:{time.time_ns()}"
+        rows = plan(self, [Job(topic, data, delay=delay, key=key)], base, "direct", "enqueue")
+        client = SyncRedis.from_url(url)
+        try:
+            write_sync(client, rows)
+        finally:
+            client.close()
+        return rows[0].id
+
+    def queue(self, name: str) -> QueueHandle:
+        """A handle on one of this pipeline's queues (needs a running or connected `Runner`)."""
+        from .runtime.queues import QueueHandle
+
+        for q in self.queues:
+            if q.name == name:
+                redis = self._bound().redis
+                assert redis is not None
+                return QueueHandle(self, q, redis)
+        names = ", ".join(q.name for q in self.queues) or "none"
+        raise PipelineError(f"pipeline {self.name!r} has no Queue({name!r}); its queues: {names}")
+
     def _bound(self) -> Runner:
         if self._runner is None:
             raise PipelineError(
                 f"pipeline {self.name!r} is not connected: use it inside "
-                f"`async with flowline.Runner(pipeline) as app:`"
+                f"`async with flowline.Runner(pipeline) as app:` (or flowline.connect(pipeline) "
+                f"to publish and enqueue without running workers)"
             )
         return self._runner
 

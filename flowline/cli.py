@@ -112,7 +112,7 @@ def dlq_list(target: str, redis_url: str | None, as_json: bool) -> None:
     pipelines = _pipelines(target)
 
     async def go() -> None:
-        async with Runner(pipelines, Settings.from_env(redis_url=redis_url), only=["cron"]) as app:
+        async with Runner(pipelines, Settings.from_env(redis_url=redis_url), only=()) as app:
             for p in pipelines:
                 for letter in await app.dead_letters(p):
                     rec = letter.record
@@ -150,7 +150,7 @@ def dlq_replay(target: str, ids: tuple[str, ...], all_: bool, nats_url: str | No
 
     async def go() -> None:
         settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url)
-        async with Runner(pipelines, settings, only=["cron"]) as app:
+        async with Runner(pipelines, settings, only=()) as app:
             letters = [(p, x) for p in pipelines for x in await app.dead_letters(p)]
             chosen = {x.id for x in _select([x for _, x in letters], ids, all_)}
             count = 0
@@ -173,7 +173,7 @@ def dlq_purge(target: str, ids: tuple[str, ...], all_: bool, redis_url: str | No
     pipelines = _pipelines(target)
 
     async def go() -> None:
-        async with Runner(pipelines, Settings.from_env(redis_url=redis_url), only=["cron"]) as app:
+        async with Runner(pipelines, Settings.from_env(redis_url=redis_url), only=()) as app:
             letters = [x for p in pipelines for x in await app.dead_letters(p)]
             removed = await deadletters.purge(app.redis, _select(letters, ids, all_))  # type: ignore[arg-type]
             click.echo(f"purged {removed}")
@@ -197,7 +197,7 @@ def publish(target: str, payload: str, msg_id: str | None, nats_url: str | None)
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--json") from None
 
     async def go() -> None:
-        async with Runner(pipelines, Settings.from_env(nats_url=nats_url), only=["cron"]) as app:
+        async with Runner(pipelines, Settings.from_env(nats_url=nats_url), only=()) as app:
             seq = await app.publish(pipelines[0], event, msg_id=msg_id)
             click.echo(f"published as sequence {seq}")
 

@@ -11,9 +11,10 @@ from .._stages import Job, seconds
 from ..errors import SerializationError, UnknownTopicError
 from .job import dumps
 from .keys import QueueKeys
-from .scripts import Scripts
+from .scripts import ENQUEUE, Scripts
 
 if TYPE_CHECKING:
+    from redis import Redis as SyncRedis
     from redis.asyncio import Redis
 
     from .._pipeline import Pipeline
@@ -62,17 +63,31 @@ def plan(
     return rows
 
 
-async def write(redis: Redis, scripts: Scripts, rows: list[Planned]) -> int:
-    """Write rows with one atomic script call per queue; returns how many were new."""
+def _calls(rows: list[Planned]) -> list[tuple[list[str], list[str | int]]]:
+    """(KEYS, ARGV) of one ENQUEUE call per queue the rows go to."""
     by_queue: dict[str, list[Planned]] = {}
     for row in rows:
         by_queue.setdefault(row.queue, []).append(row)
     now = str(int(time.time() * 1000))
-    added = 0
+    calls = []
     for name, group in by_queue.items():
         keys = QueueKeys(name)
         args: list[str | int] = [keys.job_prefix, now]
         for r in group:
             args += (r.id, r.topic, r.data, r.due_ms, r.origin)
-        added += int(await scripts.enqueue(keys=[keys.jobs, keys.delayed], args=args))
+        calls.append(([keys.jobs, keys.delayed], args))
+    return calls
+
+
+async def write(redis: Redis, scripts: Scripts, rows: list[Planned]) -> int:
+    """Write rows with one atomic script call per queue; returns how many were new."""
+    added = 0
+    for keys, args in _calls(rows):
+        added += int(await scripts.enqueue(keys=keys, args=args))
     return added
+
+
+def write_sync(redis: SyncRedis, rows: list[Planned]) -> int:
+    """`write` for code that is not async (a Django view, a script)."""
+    script = redis.register_script(ENQUEUE)
+    return sum(int(script(keys=keys, args=args)) for keys, args in _calls(rows))

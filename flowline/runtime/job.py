@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from .._events import EventBus
+    from .._pipeline import Pipeline
+    from .emit import Emitter
 
 Handler = Callable[["JobContext"], Awaitable[Any] | Any]
 
@@ -41,7 +43,8 @@ class JobContext:
         queue: the queue's name.
     """
 
-    __slots__ = ("_bus", "_key", "_redis", "attempt", "data", "id", "queue", "topic")
+    __slots__ = ("_bus", "_emits", "_emitter", "_key", "_redis", "attempt", "data", "id", "queue",
+                 "topic")
 
     def __init__(
         self,
@@ -54,6 +57,7 @@ class JobContext:
         redis: Redis | None,
         key: str,
         bus: EventBus | None,
+        emitter: Emitter | None = None,
     ) -> None:
         self.id = id
         self.topic = topic
@@ -63,6 +67,8 @@ class JobContext:
         self._redis = redis
         self._key = key
         self._bus = bus
+        self._emitter = emitter
+        self._emits = 0
 
     async def progress(self, percent: float) -> None:
         """Report progress (0..100): stored on the job record and emitted as ``job:progress``."""
@@ -72,6 +78,19 @@ class JobContext:
             await self._redis.hset(self._key, "progress", percent)
         if self._bus is not None:
             self._bus.emit("job:progress", "job", job=self, progress=percent)
+
+    async def emit(self, target: Pipeline | str, event: Any) -> int:
+        """Publish a follow-up `event` to another pipeline's stream (or a subject).
+
+        Tied to this job: when the job is retried, an emit it already made is not published
+        again (emits are matched by their order within the handler, so keep that order
+        deterministic). Returns the stream sequence.
+        """
+        if self._emitter is None:
+            raise RuntimeError("this job was not started by a flowline worker; it cannot emit")
+        n = self._emits
+        self._emits += 1
+        return await self._emitter.emit(self._key, self.id, n, target, event)
 
     def __repr__(self) -> str:
         return f"<Job {self.topic} id={self.id} attempt={self.attempt}>"

@@ -27,6 +27,7 @@ from .._stages import Job, Stream
 from ..errors import ConfigurationError, PipelineError
 from . import deadletters
 from .cron import CronSource
+from .emit import Emitter
 from .enqueue import plan as plan_jobs
 from .enqueue import write
 from .ingest import StreamIngest, ensure_stream
@@ -124,10 +125,11 @@ class Runner:
             ingest = StreamIngest(p, stream, self.js, self.redis, self.scripts)
             await ingest.setup()
             self._spawn(ingest.run(self.stop_event), f"stream:{p.name}")
+        emitter = Emitter(self._jetstream, self.redis)
         for p, queue in self.plan.queues:
             worker = QueueWorker(
                 p, queue, self.redis, self.scripts, concurrency=s.concurrency,
-                consumer=f"{self._consumer}-{queue.name}",
+                consumer=f"{self._consumer}-{queue.name}", emitter=emitter,
             )
             await worker.setup()
             self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
@@ -143,6 +145,13 @@ class Runner:
             nats=redact(s.nats_url),
             redis=redact(s.redis_url),
         )
+
+    async def _jetstream(self) -> JetStreamContext:
+        """JetStream, connecting on first use (a queue-only process may never need NATS)."""
+        if self.js is None:
+            self.nc = await connect_nats(self.settings)
+            self.js = self.nc.jetstream()
+        return self.js
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -204,13 +213,11 @@ class Runner:
         stream = pipeline.source
         if not isinstance(stream, Stream):
             raise PipelineError(f"pipeline {pipeline.name!r} has no Stream to publish to")
-        if self.js is None:
-            self.nc = await connect_nats(self.settings)
-            self.js = self.nc.jetstream()
+        js = await self._jetstream()
         payload = _encode(stream, event)
-        await ensure_stream(self.js, stream.subject)
+        await ensure_stream(js, stream.subject)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        ack = await self.js.publish(stream.subject, payload, headers=headers)
+        ack = await js.publish(stream.subject, payload, headers=headers)
         return int(ack.seq)
 
     async def enqueue(
@@ -236,6 +243,15 @@ class Runner:
         """The pipeline's dead letters, oldest first."""
         assert self.redis is not None
         return await deadletters.listing(self.redis, pipeline)
+
+
+def connect(target: object, settings: Settings | None = None) -> Runner:
+    """A runner that runs nothing: use it to publish and enqueue from an app or a script.
+
+        async with flowline.connect(pipeline):
+            await pipeline.enqueue("notify-fan-following", {"fan": "fan-1", "talent": "t-1"})
+    """
+    return Runner(target, settings, only=())
 
 
 def _encode(stream: Stream[Any], event: Any) -> bytes:

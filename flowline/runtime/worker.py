@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from .._pipeline import Pipeline, Topic
     from .._stages import Queue
+    from .emit import Emitter
     from .scripts import Scripts
 
 log = structlog.get_logger("flowline.worker")
@@ -69,8 +70,10 @@ class QueueWorker:
         *,
         concurrency: int | None = None,
         consumer: str | None = None,
+        emitter: Emitter | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.emitter = emitter
         self.queue = queue
         self.topics: dict[str, Topic] = {
             name: t for name, t in pipeline.topics.items() if t.queue is queue
@@ -193,6 +196,7 @@ class QueueWorker:
                 redis=self.redis,
                 key=self.keys.job_prefix + job.job_id,
                 bus=bus,
+                emitter=self.emitter,
             )
             if bus.wants("job:start"):
                 bus.emit("job:start", "job", job=ctx)

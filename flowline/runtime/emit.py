@@ -1,0 +1,66 @@
+"""Jobs publishing follow-up events to streams, at most once per job however often it retries.
+
+The n-th emit of a job gets the message id ``<job id>:emit:<n>`` and, once JetStream has stored
+it, a mark ``emitted:<n>`` on the job's record. A retried job that reaches its n-th emit again
+finds the mark and skips the publish; a crash between publish and mark is covered by
+JetStream's duplicate window, which drops the second publish with the same id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .._stages import Stream
+from ..errors import PipelineError
+from .ingest import ensure_stream
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline
+
+
+class Emitter:
+    """Publishes on behalf of jobs; shared by every worker of a process."""
+
+    def __init__(self, jetstream: Callable[[], Awaitable[JetStreamContext]], redis: Redis) -> None:
+        self._jetstream = jetstream
+        self._redis = redis
+        self._streams: set[str] = set()
+
+    async def emit(self, job_key: str, job_id: str, n: int, target: Pipeline | str, event: Any) -> int:
+        """Publish `event` as the `n`-th emit of a job; returns the stream sequence."""
+        subject, payload = _resolve(target, event)
+        mark = f"emitted:{n}"
+        done = await self._redis.hget(job_key, mark)
+        if done is not None:
+            return int(done)
+        js = await self._jetstream()
+        if subject not in self._streams:
+            await ensure_stream(js, subject)
+            self._streams.add(subject)
+        ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": f"{job_id}:emit:{n}"})
+        await self._redis.hset(job_key, mark, ack.seq)
+        return int(ack.seq)
+
+
+def _resolve(target: Pipeline | str, event: Any) -> tuple[str, bytes]:
+    from .._pipeline import Pipeline
+
+    if isinstance(target, Pipeline):
+        stream = target.source
+        if not isinstance(stream, Stream):
+            raise PipelineError(f"pipeline {target.name!r} has no Stream to emit to")
+        if isinstance(event, bytes):
+            return stream.subject, event
+        if stream.encode is None:
+            raise PipelineError(f"{stream.describe()} cannot encode {type(event).__name__}; emit bytes")
+        return stream.subject, stream.encode(event)
+    if isinstance(event, bytes):
+        return target, event
+    serialize = getattr(event, "SerializeToString", None)
+    if serialize is None:
+        raise PipelineError(f"emit to subject {target!r} needs bytes or a protobuf message")
+    return target, serialize()

@@ -1,0 +1,104 @@
+"""Queue handles: look up a job, count what a queue holds, enqueue onto it directly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .keys import GROUP, QueueKeys
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline
+    from .._stages import Queue
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's record as stored in Redis.
+
+    `state` is one of ``queued``, ``delayed``, ``retrying``, ``completed``, ``failed``.
+    """
+
+    id: str
+    topic: str
+    state: str
+    attempt: int
+    progress: float
+    result: Any
+    error: str | None
+    created: float | None
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """How many jobs a queue holds in each place."""
+
+    ready: int
+    running: int
+    delayed: int
+    dead: int
+
+
+class QueueHandle:
+    """A queue of a connected pipeline: ``pipeline.queue("name")``."""
+
+    def __init__(self, pipeline: Pipeline, queue: Queue, redis: Redis) -> None:
+        self.pipeline = pipeline
+        self.queue = queue
+        self.keys = QueueKeys(queue.name)
+        self._redis = redis
+
+    @property
+    def name(self) -> str:
+        return self.queue.name
+
+    async def enqueue(
+        self, topic: str, data: Any = None, *, key: str | None = None, delay: float | None = None
+    ) -> str:
+        """Enqueue a job of `topic` (which must belong to this queue); returns its id."""
+        from ..errors import PipelineError
+
+        if self.pipeline.queue_for(topic) is not self.queue:
+            raise PipelineError(f"topic {topic!r} does not belong to Queue({self.name!r})")
+        return await self.pipeline.enqueue(topic, data, key=key, delay=delay)
+
+    async def job(self, job_id: str) -> JobInfo | None:
+        """The job's record, or None when there is none (never existed, or expired)."""
+        raw = await self._redis.hgetall(self.keys.job(job_id))
+        if not raw:
+            return None
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+        return JobInfo(
+            id=job_id,
+            topic=h.get("topic", ""),
+            state=h.get("state", ""),
+            attempt=int(h.get("attempt", 0)),
+            progress=float(h.get("progress", 0)),
+            result=json.loads(h["result"]) if "result" in h else None,
+            error=h.get("error"),
+            created=float(h["created"]) / 1000 if "created" in h else None,
+            finished=float(h["finished"]) / 1000 if "finished" in h else None,
+        )
+
+    async def counts(self) -> QueueCounts:
+        """Ready, running (claimed by a worker), delayed and dead jobs."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xlen(self.keys.jobs)
+        pipe.xpending(self.keys.jobs, GROUP)
+        pipe.zcard(self.keys.delayed)
+        pipe.xlen(self.keys.dead)
+        try:
+            stream_len, pending, delayed, dead = await pipe.execute()
+        except Exception:
+            # No consumer group yet: nothing has ever been read from this queue.
+            return QueueCounts(
+                int(await self._redis.xlen(self.keys.jobs)), 0,
+                int(await self._redis.zcard(self.keys.delayed)),
+                int(await self._redis.xlen(self.keys.dead)),
+            )
+        running = int(pending["pending"])
+        return QueueCounts(int(stream_len) - running, running, int(delayed), int(dead))
