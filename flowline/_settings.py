@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +24,8 @@ class Settings:
         concurrency: overrides every queue's concurrency in this process when set.
         nats_options: extra keyword arguments for `nats.connect` (tls, user_credentials...).
         redis_options: extra keyword arguments for `redis.asyncio.Redis.from_url`.
+        tls_ca: a CA certificate file trusted for ``tls://`` NATS and ``rediss://`` Redis
+            (default: the system's trust store).
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -31,6 +34,7 @@ class Settings:
     concurrency: int | None = None
     nats_options: dict[str, object] = field(default_factory=dict)
     redis_options: dict[str, object] = field(default_factory=dict)
+    tls_ca: str | None = None
 
     def __post_init__(self) -> None:
         for url in self.nats_url.split(","):
@@ -49,9 +53,24 @@ class Settings:
         values: dict[str, object] = {
             "nats_url": os.environ.get("FLOWLINE_NATS_URL", DEFAULT_NATS_URL),
             "redis_url": os.environ.get("FLOWLINE_REDIS_URL", DEFAULT_REDIS_URL),
+            "tls_ca": os.environ.get("FLOWLINE_TLS_CA"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def nats_connect_options(self) -> dict[str, object]:
+        """Keyword arguments for `nats.connect` beyond the servers: TLS, then user options."""
+        options: dict[str, object] = {}
+        if self.tls_ca is not None:
+            options["tls"] = ssl.create_default_context(cafile=self.tls_ca)
+        return {**options, **self.nats_options}
+
+    def redis_connect_options(self) -> dict[str, object]:
+        """Keyword arguments for `Redis.from_url`: TLS, then user options."""
+        options: dict[str, object] = {}
+        if self.tls_ca is not None and self.redis_url.startswith("rediss://"):
+            options["ssl_ca_certs"] = self.tls_ca
+        return {**options, **self.redis_options}
 
     def __repr__(self) -> str:
         return f"Settings(nats_url={redact(self.nats_url)!r}, redis_url={redact(self.redis_url)!r})"

@@ -49,6 +49,8 @@ def _run(main: Callable[[], Awaitable[Any]]) -> Any:
 
 nats_option = click.option("--nats", "nats_url", envvar="FLOWLINE_NATS_URL", help="NATS URL(s).")
 redis_option = click.option("--redis", "redis_url", envvar="FLOWLINE_REDIS_URL", help="Redis URL.")
+tls_option = click.option("--tls-ca", "tls_ca", envvar="FLOWLINE_TLS_CA",
+                          help="CA file trusted for tls:// NATS and rediss:// Redis.")
 
 
 @click.group()
@@ -61,6 +63,7 @@ def main() -> None:
 @click.argument("target")
 @nats_option
 @redis_option
+@tls_option
 @click.option("--concurrency", type=click.IntRange(min=1), help="Handlers at once, per queue.")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds in-flight jobs get to finish on SIGTERM before being handed back.")
@@ -73,6 +76,7 @@ def worker(
     target: str,
     nats_url: str | None,
     redis_url: str | None,
+    tls_ca: str | None,
     concurrency: int | None,
     grace: float,
     only: tuple[str, ...],
@@ -84,7 +88,8 @@ def worker(
 
     async def go() -> None:
         settings = Settings.from_env(
-            nats_url=nats_url, redis_url=redis_url, concurrency=concurrency, grace=grace
+            nats_url=nats_url, redis_url=redis_url, concurrency=concurrency, grace=grace,
+            tls_ca=tls_ca,
         )
         await Runner(load(target), settings, only=only or None).serve()
 

@@ -72,6 +72,8 @@ class LocalServers:
         redis_password: require this password (tests of authenticated connections).
         nats_user, nats_password: require these credentials on NATS.
         directory: where data and logs go (default: a new temporary directory, removed on stop).
+        tls: serve NATS and Redis over TLS only, with a throwaway self-signed certificate
+            (``ca_file`` is the file clients must trust).
         redis_fsync: Redis ``appendfsync``: "always" (the default) makes every acknowledged write
             survive a SIGKILL of redis-server, which flowline's delivery guarantee assumes;
             "everysec" may lose the last second of writes and is faster.
@@ -85,7 +87,9 @@ class LocalServers:
         nats_password: str | None = None,
         directory: str | None = None,
         redis_fsync: str = "always",
+        tls: bool = False,
     ) -> None:
+        self.tls = tls
         if redis_fsync not in ("always", "everysec", "no"):
             raise ConfigurationError(f"redis_fsync must be always, everysec or no, not {redis_fsync!r}")
         self.redis_fsync = redis_fsync
@@ -102,18 +106,40 @@ class LocalServers:
     @property
     def nats_url(self) -> str:
         cred = f"{self.nats_user}:{self.nats_password}@" if self.nats_user else ""
-        return f"nats://{cred}127.0.0.1:{self.nats_port}"
+        return f"{'tls' if self.tls else 'nats'}://{cred}127.0.0.1:{self.nats_port}"
 
     @property
     def redis_url(self) -> str:
         cred = f":{self.redis_password}@" if self.redis_password else ""
-        return f"redis://{cred}127.0.0.1:{self.redis_port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{cred}127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def ca_file(self) -> str | None:
+        return str(self.dir / "cert.pem") if self.tls else None
 
     def env(self) -> dict[str, str]:
         """Environment variables pointing a `flowline worker` at these servers."""
-        return {"FLOWLINE_NATS_URL": self.nats_url, "FLOWLINE_REDIS_URL": self.redis_url}
+        env = {"FLOWLINE_NATS_URL": self.nats_url, "FLOWLINE_REDIS_URL": self.redis_url}
+        if self.ca_file:
+            env["FLOWLINE_TLS_CA"] = self.ca_file
+        return env
+
+    def _make_certificate(self) -> None:
+        if (self.dir / "cert.pem").exists():
+            return
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise ConfigurationError("LocalServers(tls=True) needs the openssl command")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+             "-keyout", str(self.dir / "key.pem"), "-out", str(self.dir / "cert.pem")],
+            check=True, capture_output=True,
+        )
 
     def start(self) -> LocalServers:
+        if self.tls:
+            self._make_certificate()
         self.start_nats()
         self.start_redis()
         return self
@@ -125,6 +151,9 @@ class LocalServers:
                 "-p", str(self.nats_port)]
         if self.nats_user:
             args += ["--user", self.nats_user, "--pass", str(self.nats_password)]
+        if self.tls:
+            args += ["--tls", "--tlscert", str(self.dir / "cert.pem"),
+                     "--tlskey", str(self.dir / "key.pem")]
         self.nats = self._spawn(args, "nats.log")
         _wait_for_port(self.nats_port, self.nats, "nats-server", self.dir / "nats.log")
 
@@ -134,6 +163,11 @@ class LocalServers:
                 "--save", "", "--daemonize", "no", "--protected-mode", "no"]
         if self.redis_password:
             args += ["--requirepass", self.redis_password]
+        if self.tls:
+            args[2] = "0"  # no plain-text port: TLS only
+            args += ["--tls-port", str(self.redis_port), "--tls-cert-file",
+                     str(self.dir / "cert.pem"), "--tls-key-file", str(self.dir / "key.pem"),
+                     "--tls-ca-cert-file", str(self.dir / "cert.pem"), "--tls-auth-clients", "no"]
         self.redis = self._spawn(args, "redis.log")
         _wait_for_port(self.redis_port, self.redis, "redis-server", self.dir / "redis.log")
 

@@ -50,12 +50,19 @@ def job_record(
     job_id: str,
     queue: str,
     topic: str,
-    data: str,
+    data: bytes,
     attempts: int,
     err: BaseException,
     created: str | None = None,
 ) -> str:
-    """The JSON record of a job that exhausted its attempts."""
+    """The JSON record of a job that exhausted its attempts.
+
+    The payload is kept verbatim: as ``data`` when it is text, else as ``data_b64``.
+    """
+    try:
+        payload: dict[str, str] = {"data": data.decode()}
+    except UnicodeDecodeError:
+        payload = {"data_b64": base64.b64encode(data).decode()}
     return json.dumps(
         {
             "kind": "job",
@@ -63,7 +70,7 @@ def job_record(
             "job_id": job_id,
             "queue": queue,
             "topic": topic,
-            "data": data,
+            **payload,
             "attempts": attempts,
             "created": created,
             "failed_at": time.time(),
@@ -132,7 +139,7 @@ async def replay(
                 letter.id,
                 record["job_id"],
                 record["topic"],
-                record["data"],
+                record["data"] if "data" in record else base64.b64decode(record["data_b64"]),
             ],
         )
         return

@@ -56,15 +56,18 @@ async def connect_nats(settings: Settings) -> NATS:
         nc = await nats.connect(
             servers=[u.strip() for u in settings.nats_url.split(",")],
             name="flowline",
-            max_reconnect_attempts=-1,
+            # A few attempts at start, so wrong credentials or URLs fail instead of hanging...
+            max_reconnect_attempts=3,
             reconnect_time_wait=0.5,
             connect_timeout=5,
             allow_reconnect=True,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
-            **settings.nats_options,  # type: ignore[arg-type]
+            **settings.nats_connect_options(),  # type: ignore[arg-type]
         )
+        # ...then, once connected, reconnect forever: a NATS restart must never stop a worker.
+        nc.options["max_reconnect_attempts"] = -1
         return nc
     except Exception as exc:
         raise ConfigurationError(
@@ -79,7 +82,7 @@ async def connect_redis(settings: Settings) -> Redis:
         health_check_interval=10,
         socket_keepalive=True,
         retry_on_timeout=True,
-        **settings.redis_options,  # type: ignore[arg-type]
+        **settings.redis_connect_options(),  # type: ignore[arg-type]
     )
     try:
         await redis.ping()

@@ -187,10 +187,14 @@ class QueueWorker:
                     f"queue {self.queue.name!r} has no handler for topic {job.topic!r}",
                     stage="job",
                 )
+            try:
+                data = loads(job.data)
+            except ValueError as exc:
+                raise SerializationError(f"job data is not JSON ({exc}); it is never unpickled") from exc
             ctx = JobContext(
                 id=job.job_id,
                 topic=job.topic,
-                data=loads(job.data),
+                data=data,
                 attempt=job.attempt,
                 queue=self.queue.name,
                 redis=self.redis,
@@ -264,7 +268,7 @@ class QueueWorker:
             job_id=job.job_id,
             queue=self.queue.name,
             topic=job.topic,
-            data=job.data.decode(),
+            data=job.data,
             attempts=job.attempt,
             err=exc,
         )

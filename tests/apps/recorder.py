@@ -31,7 +31,9 @@ _redis: Redis | None = None
 def _client() -> Redis:
     global _redis
     if _redis is None:
-        _redis = Redis.from_url(os.environ["FLOWLINE_REDIS_URL"])
+        url = os.environ["FLOWLINE_REDIS_URL"]
+        ca = os.environ.get("FLOWLINE_TLS_CA")
+        _redis = Redis.from_url(url, ssl_ca_certs=ca) if url.startswith("rediss") else Redis.from_url(url)
     return _redis
 
 
