@@ -149,15 +149,23 @@ class Route(Stage, Generic[T]):
 
     The function may return or yield `Job` objects, dicts ``{"topic", "data"}``, a dict
     ``{"jobs": [...]}`` (pipelinejs routers port unchanged), or nothing.
+
+    Args:
+        fn: the router.
+        name: the stage's name (default: the function's qualified name).
+        fan_in: track each message's jobs and emit ``route:complete`` when all have finished.
     """
 
     kind = "route"
 
-    def __init__(self, fn: Callable[[T], Any], *, name: str | None = None) -> None:
+    def __init__(
+        self, fn: Callable[[T], Any], *, name: str | None = None, fan_in: bool = False
+    ) -> None:
         if not callable(fn):
             raise PipelineError(f"Route needs a callable router, got {fn!r}")
         self.fn = fn
         self.name = name or label_from_callable(fn)
+        self.fan_in = fan_in
 
     def describe(self) -> str:
         return f"Route({self.name})"

@@ -181,3 +181,39 @@ class TestEmit:
 async def _completed(pipeline, job_id):
     info = await pipeline.queue(pipeline.queues[0].name).job(job_id)
     return info if info is not None and info.state == "completed" else None
+
+
+class TestFanIn:
+    async def test_route_complete_fires_once_when_every_job_of_a_message_finished(self, settings):
+        """route:complete comes once per message, after all its jobs (across queues) finished."""
+        pipeline = (
+            Stream("fanin", lambda b: int(b))
+            >> Route(lambda n: [Job("a" if i % 2 else "b", i) for i in range(n)], fan_in=True)
+            >> Queue("fanin-a", topics=["a"])
+            >> Queue("fanin-b", topics=["b"])
+        )
+        finished: list[tuple[str, float]] = []
+        completes: list[tuple[str, int, float]] = []
+
+        async def work(job):
+            await asyncio.sleep(0.05 * job.data)
+            finished.append((job.id, time.time()))
+
+        pipeline.dequeue("a", work)
+
+        @pipeline.dequeue("b", retries=0)
+        async def b(job):
+            if job.data == 2:
+                raise ValueError("dead-lettered jobs count as finished")
+            await work(job)
+
+        pipeline.on("route:complete", lambda e: completes.append((e.origin, e.jobs, time.time())))
+        async with Runner(pipeline, settings):
+            await pipeline.publish(b"4")
+            await pipeline.publish(b"1")
+            await eventually(lambda: len(completes) == 2)
+            await asyncio.sleep(0.5)
+        assert sorted((o, n) for o, n, _ in completes) == [("fanin:1", 4), ("fanin:2", 1)]
+        first_done = next(t for o, _, t in completes if o == "fanin:1")
+        assert all(t <= first_done for i, t in finished if i.startswith("fanin:1:"))
+        assert len([i for i, _ in finished if i.startswith("fanin:1:")]) == 3

@@ -26,7 +26,7 @@ from ..errors import (
     StageError,
     UnknownTopicError,
 )
-from . import deadletters
+from . import deadletters, fanin
 from .enqueue import Planned, plan, write
 from .routing import call_router
 
@@ -90,6 +90,8 @@ class StreamIngest:
         self.durable = pipeline.name
         self.stream_name = ""
         self.log = log.bind(pipeline=pipeline.name, stage="stream", subject=stream.subject)
+        self._fan_in = self.route is not None and self.route.fan_in
+        self._keep = int(max((q.options.keep_completed for q in pipeline.queues), default=86400))
         self._concurrent_route = self.route is not None and (
             inspect.iscoroutinefunction(self.route.fn)
             or inspect.isasyncgenfunction(self.route.fn)
@@ -158,6 +160,13 @@ class StreamIngest:
                 ready.append(msg)
         if rows:
             try:
+                if self._fan_in:
+                    totals: dict[str, int] = {}
+                    for row in rows:
+                        if row.origin == "stream" and not row.id.startswith("key:"):
+                            origin = fanin.origin_of(row.id)
+                            totals[origin] = totals.get(origin, 0) + 1
+                    await fanin.register(self.redis, self.pipeline.name, totals, self._keep)
                 await write(self.redis, self.scripts, rows)
             except Exception as exc:
                 err = EnqueueError(f"could not enqueue {len(rows)} jobs: {exc!r}", stage="enqueue")

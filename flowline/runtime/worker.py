@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import Fail, JobError, JobTimeout, Retry, SerializationError, UnknownTopicError
 from .deadletters import job_record
+from .fanin import FanIn
 from .job import JobContext, dumps, loads
 from .keys import GROUP, QueueKeys
 from .scripts import flat
@@ -95,6 +96,12 @@ class QueueWorker:
         self._keep = str(int(self.opts.keep_completed))
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
         self._reclaim_cursor = "0-0"
+        route = pipeline.route
+        self._fan_in = (
+            FanIn(redis, pipeline.name, int(self.opts.keep_completed))
+            if route is not None and route.fan_in
+            else None
+        )
         self._sync_handlers = {
             name: not (inspect.iscoroutinefunction(t.handler)) for name, t in self.topics.items()
         }
@@ -292,6 +299,7 @@ class QueueWorker:
         self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, error=err)
         dead_id = dead.decode() if isinstance(dead, bytes) else dead
         self.bus.emit("dead-letter", "job", job=ctx, id=dead_id, error=err, topic=job.topic)
+        await self._finished([job.job_id])
 
     # -- completion -----------------------------------------------------------------------------
 
@@ -324,6 +332,19 @@ class QueueWorker:
                 for job, _, result in batch:
                     bus.emit("job:complete", "job", id=job.job_id, topic=job.topic, result=result,
                              attempt=job.attempt)
+            await self._finished([job.job_id for job, _, _ in batch])
+
+    async def _finished(self, job_ids: list[str]) -> None:
+        """Fan-in: emit ``route:complete`` for messages whose last job just finished."""
+        if self._fan_in is None:
+            return
+        try:
+            complete = await self._fan_in.finished(job_ids)
+        except Exception as exc:
+            self.log.warning("fan-in bookkeeping failed", error=repr(exc))
+            return
+        for origin, total in complete:
+            self.bus.emit("route:complete", "route", origin=origin, jobs=total)
 
     # -- keeping claims, reclaiming, delayed jobs ------------------------------------------------
 
