@@ -200,10 +200,18 @@ class Pipeline:
         return await self._bound().publish(self, event, msg_id=msg_id)
 
     async def enqueue(
-        self, topic: str, data: Any = None, *, key: str | None = None, delay: float | None = None
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+        priority: int = 0,
     ) -> str:
         """Put a job on its queue directly; with `key`, enqueueing it again is a no-op."""
-        return await self._bound().enqueue(self, topic, data, key=key, delay=delay)
+        return await self._bound().enqueue(
+            self, topic, data, key=key, delay=delay, priority=priority
+        )
 
     def enqueue_sync(
         self,

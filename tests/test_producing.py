@@ -217,3 +217,34 @@ class TestFanIn:
         first_done = next(t for o, _, t in completes if o == "fanin:1")
         assert all(t <= first_done for i, t in finished if i.startswith("fanin:1:"))
         assert len([i for i, _ in finished if i.startswith("fanin:1:")]) == 3
+
+
+class TestPriority:
+    async def test_urgent_jobs_pass_a_backlog_and_concurrency_stays_exact(self, settings):
+        """priority > 0 runs before queued normal jobs; concurrency=1 never runs two at once."""
+        pipeline = Stream("prio", lambda b: b) >> Route(lambda e: None) >> Queue(
+            "prio", concurrency=1
+        )
+        order: list[str] = []
+        running = [0, 0]  # now, max
+
+        @pipeline.dequeue("work")
+        async def work(job):
+            running[0] += 1
+            running[1] = max(running)
+            await asyncio.sleep(0.01)
+            order.append(job.data)
+            running[0] -= 1
+
+        async with connect(pipeline, settings):
+            for i in range(60):
+                await pipeline.enqueue("work", f"normal-{i}")
+        async with Runner(pipeline, settings):
+            await eventually(lambda: len(order) >= 5)
+            await pipeline.enqueue("work", "urgent", priority=10)
+            await eventually(lambda: len(order) == 61)
+        assert running[1] == 1
+        position = order.index("urgent")
+        assert position < 30, order
+        normals = [x for x in order if x != "urgent"]
+        assert normals == [f"normal-{i}" for i in range(60)]  # FIFO kept for the rest

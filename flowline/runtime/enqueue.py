@@ -30,6 +30,7 @@ class Planned:
     data: str
     due_ms: int
     origin: str
+    priority: int = 0
 
 
 def plan(
@@ -59,23 +60,25 @@ def plan(
             raise
         due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
-        rows.append(Planned(topic.queue.name, job_id, job.topic, data, due, origin))
+        rows.append(
+            Planned(topic.queue.name, job_id, job.topic, data, due, origin, job.priority)
+        )
     return rows
 
 
 def _calls(rows: list[Planned]) -> list[tuple[list[str], list[str | int]]]:
-    """(KEYS, ARGV) of one ENQUEUE call per queue the rows go to."""
-    by_queue: dict[str, list[Planned]] = {}
+    """(KEYS, ARGV) of one ENQUEUE call per queue and priority class the rows go to."""
+    by_stream: dict[tuple[str, bool], list[Planned]] = {}
     for row in rows:
-        by_queue.setdefault(row.queue, []).append(row)
+        by_stream.setdefault((row.queue, row.priority > 0), []).append(row)
     now = str(int(time.time() * 1000))
     calls = []
-    for name, group in by_queue.items():
+    for (name, urgent), group in by_stream.items():
         keys = QueueKeys(name)
         args: list[str | int] = [keys.job_prefix, now]
         for r in group:
             args += (r.id, r.topic, r.data, r.due_ms, r.origin)
-        calls.append(([keys.jobs, keys.delayed], args))
+        calls.append(([keys.urgent if urgent else keys.jobs, keys.delayed], args))
     return calls
 
 

@@ -4,6 +4,7 @@ Every key of one queue shares the hash tag ``{name}``, so one Lua call per queue
 and the layout works unchanged on Redis Cluster.
 
     flowline:{q}:jobs        stream of ready jobs (consumer group ``flowline``)
+    flowline:{q}:urgent      stream of ready jobs with priority > 0, read before ``jobs``
     flowline:{q}:delayed     zset: job id -> due time (ms) for delayed jobs and retries
     flowline:{q}:dead        stream of dead letters (jobs that exhausted their attempts)
     flowline:{q}:job:<id>    hash: state, topic, attempt, progress, result, error, timestamps
@@ -29,6 +30,15 @@ class QueueKeys:
     @property
     def jobs(self) -> str:
         return self.prefix + "jobs"
+
+    @property
+    def urgent(self) -> str:
+        return self.prefix + "urgent"
+
+    @property
+    def streams(self) -> tuple[str, str]:
+        """Both ready streams, urgent first."""
+        return (self.urgent, self.jobs)
 
     @property
     def delayed(self) -> str:

@@ -86,19 +86,12 @@ class QueueHandle:
 
     async def counts(self) -> QueueCounts:
         """Ready, running (claimed by a worker), delayed and dead jobs."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xlen(self.keys.jobs)
-        pipe.xpending(self.keys.jobs, GROUP)
-        pipe.zcard(self.keys.delayed)
-        pipe.xlen(self.keys.dead)
-        try:
-            stream_len, pending, delayed, dead = await pipe.execute()
-        except Exception:
-            # No consumer group yet: nothing has ever been read from this queue.
-            return QueueCounts(
-                int(await self._redis.xlen(self.keys.jobs)), 0,
-                int(await self._redis.zcard(self.keys.delayed)),
-                int(await self._redis.xlen(self.keys.dead)),
-            )
-        running = int(pending["pending"])
-        return QueueCounts(int(stream_len) - running, running, int(delayed), int(dead))
+        r = self._redis
+        in_streams = running = 0
+        for stream in self.keys.streams:
+            in_streams += int(await r.xlen(stream))
+            groups = await r.xinfo_groups(stream) if await r.exists(stream) else []
+            running += sum(int(g["pending"]) for g in groups if g["name"] == GROUP.encode())
+        delayed = int(await r.zcard(self.keys.delayed))
+        dead = int(await r.xlen(self.keys.dead))
+        return QueueCounts(in_streams - running, running, delayed, dead)

@@ -231,6 +231,7 @@ class Runner:
         *,
         key: str | None = None,
         delay: float | None = None,
+        priority: int = 0,
     ) -> str:
         """Put one job on its queue without a stream; returns its id.
 
@@ -238,7 +239,8 @@ class Runner:
         """
         assert self.redis is not None
         base = f"direct:{time.time_ns()}:{id(self) & 0xFFFF}"
-        rows = plan_jobs(pipeline, [Job(topic, data, delay=delay, key=key)], base, "direct", "enqueue")
+        job = Job(topic, data, delay=delay, key=key, priority=priority)
+        rows = plan_jobs(pipeline, [job], base, "direct", "enqueue")
         await write(self.redis, self.scripts, rows)
         return rows[0].id
 

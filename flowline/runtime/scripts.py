@@ -11,8 +11,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-# KEYS: jobs stream, delayed zset. ARGV: job key prefix, now ms, then per job:
-# id, topic, data, due ms (0 = now), origin. Returns how many jobs were new.
+# KEYS: ready stream (jobs, or urgent for priority jobs), delayed zset. ARGV: job key prefix,
+# now ms, then per job: id, topic, data, due ms (0 = now), origin. Returns how many were new.
 ENQUEUE = """
 local prefix, now, added = ARGV[1], ARGV[2], 0
 for i = 3, #ARGV, 5 do
@@ -22,7 +22,7 @@ for i = 3, #ARGV, 5 do
     local due = tonumber(ARGV[i + 3])
     if due > 0 then
       redis.call('HSET', key, 'state', 'delayed', 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
-        'attempt', 1, 'created', now, 'origin', ARGV[i + 4])
+        'attempt', 1, 'created', now, 'origin', ARGV[i + 4], 'stream', KEYS[1])
       redis.call('ZADD', KEYS[2], due, id)
     else
       redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[i + 1], 'attempt', 1,
@@ -36,7 +36,7 @@ end
 return added
 """
 
-# KEYS: jobs stream. ARGV: group, job key prefix, now ms, keep seconds, then per job:
+# KEYS: a ready stream. ARGV: group, job key prefix, now ms, keep seconds, then per job:
 # entry id, job id, result json.
 COMPLETE = """
 local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -51,7 +51,7 @@ end
 return 1
 """
 
-# KEYS: jobs stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms, keep s,
+# KEYS: the job's ready stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms, keep s,
 # entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
 # dead-letter record json.
 FAIL = """
@@ -74,22 +74,23 @@ if due == 0 then
   redis.call('HSET', key, 'state', 'queued')
   redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data, 'attempt', attempt)
 else
-  redis.call('HSET', key, 'state', 'retrying', 'data', data, 'topic', topic)
+  redis.call('HSET', key, 'state', 'retrying', 'data', data, 'topic', topic, 'stream', KEYS[1])
   redis.call('ZADD', KEYS[2], due, id)
 end
 return ''
 """
 
 # KEYS: jobs stream, delayed zset. ARGV: job key prefix, now ms, limit.
-# Moves due jobs to the stream; returns {moved, next due ms or -1}.
+# Moves due jobs to their ready stream; returns {moved, next due ms or -1}.
 PROMOTE = """
 local prefix = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local key = prefix .. id
-  local f = redis.call('HMGET', key, 'topic', 'data', 'attempt')
+  local f = redis.call('HMGET', key, 'topic', 'data', 'attempt', 'stream')
   if f[1] then
-    redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', f[1], 'data', f[2], 'attempt', f[3])
+    redis.call('XADD', f[4] or KEYS[1], '*', 'id', id, 'topic', f[1], 'data', f[2],
+      'attempt', f[3])
     redis.call('HSET', key, 'state', 'queued')
     redis.call('HDEL', key, 'data')
   end
@@ -99,7 +100,7 @@ local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#ids, nxt[2] or '-1'}
 """
 
-# KEYS: jobs stream. ARGV: group, consumer, min idle ms, cursor, count, job key prefix.
+# KEYS: a ready stream. ARGV: group, consumer, min idle ms, cursor, count, job key prefix.
 # Claims jobs whose worker stopped heart-beating; counts the attempt up.
 # Returns {next cursor, {entry id, job id, topic, data, attempt}...}.
 RECLAIM = """
@@ -118,7 +119,7 @@ end
 return out
 """
 
-# KEYS: jobs stream. ARGV: group, consumer, entry ids...
+# KEYS: a ready stream. ARGV: group, consumer, entry ids...
 # Keeps this worker's claims fresh; returns the ids it no longer owns.
 HEARTBEAT = """
 local lost = {}
@@ -133,7 +134,7 @@ end
 return lost
 """
 
-# KEYS: jobs stream. ARGV: group, then per job: entry id, job id, topic, data, attempt.
+# KEYS: a ready stream. ARGV: group, then per job: entry id, job id, topic, data, attempt.
 # Hands unfinished jobs back on shutdown: same job, new entry, readable at once.
 RELEASE = """
 for i = 2, #ARGV, 5 do

@@ -11,6 +11,7 @@ jobs back instead of leaving them to time out.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import os
@@ -51,6 +52,7 @@ def consumer_name() -> str:
 class Running:
     """A job this worker holds a claim on: running, or finished and waiting to be flushed."""
 
+    stream: str
     entry: str
     job_id: str
     topic: str
@@ -93,9 +95,10 @@ class QueueWorker:
         self._slot = asyncio.Event()
         self._flush_wake = asyncio.Event()
         self._closing = asyncio.Event()
+        self._backlog: collections.deque[Running] = collections.deque()
+        self._reclaim_cursors = dict.fromkeys(self.keys.streams, "0-0")
         self._keep = str(int(self.opts.keep_completed))
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
-        self._reclaim_cursor = "0-0"
         route = pipeline.route
         self._fan_in = (
             FanIn(redis, pipeline.name, int(self.opts.keep_completed))
@@ -107,12 +110,13 @@ class QueueWorker:
         }
 
     async def setup(self) -> None:
-        """Create the queue's stream and consumer group if they do not exist yet."""
-        try:
-            await self.redis.xgroup_create(self.keys.jobs, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the queue's streams and consumer group if they do not exist yet."""
+        for stream in self.keys.streams:
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -141,16 +145,22 @@ class QueueWorker:
 
     async def _read(self, stop: asyncio.Event) -> None:
         failures = 0
-        stream = {self.keys.jobs: ">"}
+        # Urgent first: XREADGROUP answers streams in the order given.
+        streams = {stream: ">" for stream in self.keys.streams}
+        backlog = self._backlog
         while not stop.is_set():
             free = self.concurrency - self._running
             if free <= 0:
                 self._slot.clear()
                 await self._slot.wait()
                 continue
+            if backlog:
+                while backlog and self._running < self.concurrency:
+                    self._start(backlog.popleft())
+                continue
             try:
                 reply = await self.redis.xreadgroup(
-                    GROUP, self.consumer, stream, count=min(free, self.opts.batch), block=500
+                    GROUP, self.consumer, streams, count=min(free, self.opts.batch), block=500
                 )
                 failures = 0
             except ResponseError as exc:
@@ -165,17 +175,24 @@ class QueueWorker:
                 self.log.warning("reading jobs failed; backing off", error=repr(exc), delay=delay)
                 await asyncio.sleep(delay)
                 continue
-            for _, entries in reply or ():
+            for raw_stream, entries in reply or ():
+                stream = raw_stream.decode()
                 for entry, fields in entries:
-                    self._start(
-                        Running(
-                            entry.decode(),
-                            fields[b"id"].decode(),
-                            fields[b"topic"].decode(),
-                            fields[b"data"],
-                            int(fields[b"attempt"]),
-                        )
+                    job = Running(
+                        stream,
+                        entry.decode(),
+                        fields[b"id"].decode(),
+                        fields[b"topic"].decode(),
+                        fields[b"data"],
+                        int(fields[b"attempt"]),
                     )
+                    # COUNT applies per stream, so both streams together may exceed the free
+                    # slots: the rest waits here, claimed and kept alive by the heartbeat.
+                    if self._running < self.concurrency:
+                        self._start(job)
+                    else:
+                        self.claims[job.entry] = job
+                        backlog.append(job)
 
     def _start(self, job: Running) -> None:
         self.claims[job.entry] = job
@@ -282,7 +299,7 @@ class QueueWorker:
         while True:
             try:
                 dead = await self.scripts.fail(
-                    keys=[self.keys.jobs, self.keys.delayed, self.keys.dead],
+                    keys=[job.stream, self.keys.delayed, self.keys.dead],
                     args=[
                         GROUP, self.keys.job_prefix, int(now * 1000), self._keep, job.entry,
                         job.job_id, job.topic, job.data, job.attempt + 1, due, str(exc), record,
@@ -312,12 +329,18 @@ class QueueWorker:
     async def _flush_all(self) -> None:
         while self._done:
             batch, self._done = self._done, []
-            args: list[Any] = [GROUP, self.keys.job_prefix, int(time.time() * 1000), self._keep]
-            args += flat((job.entry, job.job_id, encoded) for job, encoded, _ in batch)
+            by_stream: dict[str, list[Any]] = {}
+            for job, encoded, _ in batch:
+                by_stream.setdefault(job.stream, []).extend((job.entry, job.job_id, encoded))
+            now = int(time.time() * 1000)
             try:
-                await self.scripts.complete(keys=[self.keys.jobs], args=args)
+                for stream, rows in by_stream.items():
+                    await self.scripts.complete(
+                        keys=[stream], args=[GROUP, self.keys.job_prefix, now, self._keep, *rows]
+                    )
             except Exception as exc:
-                # Still claimed (the heartbeat keeps them); try again shortly.
+                # Still claimed (the heartbeat keeps them); try again shortly. Completing twice
+                # is harmless: XACK and XDEL of a finished entry do nothing.
                 self.log.warning("could not complete jobs; retrying", error=repr(exc))
                 self._done[:0] = batch
                 if self._closing.is_set():
@@ -352,18 +375,19 @@ class QueueWorker:
         interval = self.opts.visibility_timeout / 3
         while not self._closing.is_set():
             await self._pause(interval)
-            entries = list(self.claims)
-            for i in range(0, len(entries), 500):
-                chunk = entries[i : i + 500]
-                try:
-                    lost = await self.scripts.heartbeat(
-                        keys=[self.keys.jobs], args=[GROUP, self.consumer, *chunk]
-                    )
-                except Exception as exc:
-                    self.log.warning("heartbeat failed", error=repr(exc))
-                    break
-                for raw in lost:
-                    self._lose(raw.decode())
+            by_stream: dict[str, list[str]] = {}
+            for job in list(self.claims.values()):
+                by_stream.setdefault(job.stream, []).append(job.entry)
+            try:
+                for stream, entries in by_stream.items():
+                    for i in range(0, len(entries), 500):
+                        lost = await self.scripts.heartbeat(
+                            keys=[stream], args=[GROUP, self.consumer, *entries[i : i + 500]]
+                        )
+                        for raw in lost:
+                            self._lose(raw.decode())
+            except Exception as exc:
+                self.log.warning("heartbeat failed", error=repr(exc))
 
     def _lose(self, entry: str) -> None:
         """Another worker took this job over (we were stalled past the visibility timeout)."""
@@ -398,31 +422,33 @@ class QueueWorker:
             await self._pause(sleep)
 
     async def _reclaim(self) -> None:
-        free = max(1, self.concurrency - self._running)
-        reply = await self.scripts.reclaim(
-            keys=[self.keys.jobs],
-            args=[GROUP, self.consumer, self._vis_ms, self._reclaim_cursor, free,
-                  self.keys.job_prefix],
-        )
-        cursor, *entries = reply
-        self._reclaim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
-        for entry, job_id, topic, data, attempt in entries:
-            job = Running(entry.decode(), job_id.decode(), topic.decode(), data, int(attempt))
-            self.log.warning(
-                "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
+        for stream in self.keys.streams:
+            free = max(1, self.concurrency - self._running)
+            reply = await self.scripts.reclaim(
+                keys=[stream],
+                args=[GROUP, self.consumer, self._vis_ms, self._reclaim_cursors[stream], free,
+                      self.keys.job_prefix],
             )
-            t = self.topics.get(job.topic)
-            limit = (t.retries if t is not None else 0) + 1
-            if job.attempt > limit:
-                self.claims[job.entry] = job
-                exc = JobError(
-                    f"worker stopped while running it {job.attempt - 1} times "
-                    f"(limit {limit} attempts)",
-                    stage=job.topic,
+            cursor, *entries = reply
+            self._reclaim_cursors[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
+            for entry, job_id, topic, data, attempt in entries:
+                job = Running(stream, entry.decode(), job_id.decode(), topic.decode(), data,
+                              int(attempt))
+                self.log.warning(
+                    "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
                 )
-                await self._failed(job, None, None, exc)
-                continue
-            self._start(job)
+                t = self.topics.get(job.topic)
+                limit = (t.retries if t is not None else 0) + 1
+                if job.attempt > limit:
+                    self.claims[job.entry] = job
+                    exc = JobError(
+                        f"worker stopped while running it {job.attempt - 1} times "
+                        f"(limit {limit} attempts)",
+                        stage=job.topic,
+                    )
+                    await self._failed(job, None, None, exc)
+                    continue
+                self._start(job)
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -437,12 +463,18 @@ class QueueWorker:
                 # Bounded: a handler may ignore cancellation; its job is handed back regardless.
                 await asyncio.wait(pending, timeout=5)
         await self._flush_all()
-        unfinished = [j for j in self.claims.values() if j.task is not None and j.task.cancelled()]
-        if unfinished:
+        # Cancelled mid-run, or read but never started (the backlog): hand them back.
+        unfinished = [j for j in self.claims.values() if j.task is None or j.task.cancelled()]
+        self._backlog.clear()
+        by_stream: dict[str, list[Running]] = {}
+        for j in unfinished:
+            by_stream.setdefault(j.stream, []).append(j)
+        for stream, jobs in by_stream.items():
             await self.scripts.release(
-                keys=[self.keys.jobs],
-                args=[GROUP, *flat((j.entry, j.job_id, j.topic, j.data, j.attempt) for j in unfinished)],
+                keys=[stream],
+                args=[GROUP, *flat((j.entry, j.job_id, j.topic, j.data, j.attempt) for j in jobs)],
             )
-            self.log.info("handed back unfinished jobs", jobs=len(unfinished))
-            for j in unfinished:
+            for j in jobs:
                 self.claims.pop(j.entry, None)
+        if unfinished:
+            self.log.info("handed back unfinished jobs", jobs=len(unfinished))
