@@ -23,8 +23,16 @@ def tests(session: nox.Session) -> None:
 def chaos(session: nox.Session) -> None:
     """The full chaos suite: SIGKILLed workers, restarted Redis and NATS, thousands of events."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "-m", "chaos", "-p", "no:randomly", "-s", *session.posargs,
-                env={"FLOWLINE_CHAOS": "full"})
+    session.run(
+        "pytest",
+        "-m",
+        "chaos",
+        "-p",
+        "no:randomly",
+        "-s",
+        *session.posargs,
+        env={"FLOWLINE_CHAOS": "full"},
+    )
 
 
 @nox.session

@@ -65,7 +65,9 @@ def compile_plan(target: object, only: Iterable[str] | None = None) -> Plan:
     unknown = wanted - {"stream", "cron", "queue"} - queue_names
     if unknown:
         choices = ", ".join(sorted({"stream", "cron", "queue", *queue_names}))
-        raise ConfigurationError(f"--only {sorted(unknown)[0]!r} matches nothing; choose from {choices}")
+        raise ConfigurationError(
+            f"--only {sorted(unknown)[0]!r} matches nothing; choose from {choices}"
+        )
     streams, crons, queues = [], [], []
     for p in pipelines:
         src = p.source

@@ -44,7 +44,7 @@ class Event:
 
 
 class EventBus:
-    """Listeners by event name; ``*`` hears everything and ``error`` hears every ``error:<stage>``."""
+    """Listeners by event name; ``*`` hears everything, ``error`` every ``error:<stage>``."""
 
     def __init__(self, pipeline: str) -> None:
         self.pipeline = pipeline

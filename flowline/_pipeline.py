@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 from ._events import EventBus, Listener
-from ._stages import Backoff, Cron, Queue, Route, Source, Stage, Stream, label_from_callable, seconds
+from ._stages import (
+    Backoff,
+    Cron,
+    Queue,
+    Route,
+    Source,
+    Stage,
+    Stream,
+    label_from_callable,
+    seconds,
+)
 from .errors import PipelineError
 
 if TYPE_CHECKING:
@@ -382,8 +392,10 @@ def _default_name(stages: tuple[Stage, ...]) -> str:
     if isinstance(source, Stream):
         base = source.durable or base
     queues = [s.name for s in stages if isinstance(s, Queue)]
-    raw = base if not queues or (isinstance(source, Stream) and source.durable) else (
-        f"{base}-{queues[0]}"
+    raw = (
+        base
+        if not queues or (isinstance(source, Stream) and source.durable)
+        else (f"{base}-{queues[0]}")
     )
     return re.sub(r"[^A-Za-z0-9_-]", "_", raw)
 

@@ -59,7 +59,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Exponential backoff with full jitter: attempt n waits up to ``min(cap, base * factor**(n-1))``."""
+    """Exponential backoff with full jitter: attempt n waits up to ``base * factor**(n-1)``."""
 
     base: float = 1.0
     factor: float = 2.0
@@ -216,9 +216,7 @@ class Queue(Stage):
         batch: int = 100,
     ) -> None:
         if not _NAME_OK.match(name):
-            raise PipelineError(
-                f"Queue name {name!r} may hold only letters, digits, '-' and '_'"
-            )
+            raise PipelineError(f"Queue name {name!r} may hold only letters, digits, '-' and '_'")
         if concurrency < 1 or retries < 0 or batch < 1:
             raise PipelineError(f"Queue {name!r}: concurrency and batch must be >= 1, retries >= 0")
         self.name = name

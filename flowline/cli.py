@@ -25,7 +25,9 @@ def load(target: str) -> Any:
     """Import ``module:attr`` (the current directory is importable, as with ``python -m``)."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigurationError(f"expected MODULE:ATTR (e.g. app.pipelines:pipeline), got {target!r}")
+        raise ConfigurationError(
+            f"expected MODULE:ATTR (e.g. app.pipelines:pipeline), got {target!r}"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -49,8 +51,12 @@ def _run(main: Callable[[], Awaitable[Any]]) -> Any:
 
 nats_option = click.option("--nats", "nats_url", envvar="FLOWLINE_NATS_URL", help="NATS URL(s).")
 redis_option = click.option("--redis", "redis_url", envvar="FLOWLINE_REDIS_URL", help="Redis URL.")
-tls_option = click.option("--tls-ca", "tls_ca", envvar="FLOWLINE_TLS_CA",
-                          help="CA file trusted for tls:// NATS and rediss:// Redis.")
+tls_option = click.option(
+    "--tls-ca",
+    "tls_ca",
+    envvar="FLOWLINE_TLS_CA",
+    help="CA file trusted for tls:// NATS and rediss:// Redis.",
+)
 
 
 @click.group()
@@ -65,12 +71,26 @@ def main() -> None:
 @redis_option
 @tls_option
 @click.option("--concurrency", type=click.IntRange(min=1), help="Handlers at once, per queue.")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds in-flight jobs get to finish on SIGTERM before being handed back.")
-@click.option("--only", multiple=True, metavar="PART",
-              help="Run only: stream, cron, queue, or queue:NAME (repeatable).")
-@click.option("--log-format", type=click.Choice(["console", "json"]), default="console",
-              show_default=True, envvar="FLOWLINE_LOG_FORMAT")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight jobs get to finish on SIGTERM before being handed back.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="PART",
+    help="Run only: stream, cron, queue, or queue:NAME (repeatable).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    default="console",
+    show_default=True,
+    envvar="FLOWLINE_LOG_FORMAT",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="FLOWLINE_LOG_LEVEL")
 def worker(
     target: str,
@@ -88,7 +108,10 @@ def worker(
 
     async def go() -> None:
         settings = Settings.from_env(
-            nats_url=nats_url, redis_url=redis_url, concurrency=concurrency, grace=grace,
+            nats_url=nats_url,
+            redis_url=redis_url,
+            concurrency=concurrency,
+            grace=grace,
             tls_ca=tls_ca,
         )
         await Runner(load(target), settings, only=only or None).serve()
@@ -125,14 +148,17 @@ def dlq_list(target: str, redis_url: str | None, as_json: bool) -> None:
                         click.echo(json.dumps({"id": letter.id, "pipeline": p.name, **rec}))
                     else:
                         what = rec.get("topic") or f"{rec.get('subject')}#{rec.get('sequence')}"
-                        click.echo(f"{letter.id}  {p.name}  {rec['stage']:<7} {what}  "
-                                   f"attempts={rec.get('attempts')}  {rec['error']}")
+                        click.echo(
+                            f"{letter.id}  {p.name}  {rec['stage']:<7} {what}  "
+                            f"attempts={rec.get('attempts')}  {rec['error']}"
+                        )
 
     _run(go)
 
 
-def _select(letters: list[deadletters.DeadLetter], ids: tuple[str, ...], all_: bool
-            ) -> list[deadletters.DeadLetter]:
+def _select(
+    letters: list[deadletters.DeadLetter], ids: tuple[str, ...], all_: bool
+) -> list[deadletters.DeadLetter]:
     if not ids and not all_:
         raise click.UsageError("name dead-letter ids, or pass --all")
     chosen = letters if all_ else [x for x in letters if x.id in ids]
@@ -148,9 +174,10 @@ def _select(letters: list[deadletters.DeadLetter], ids: tuple[str, ...], all_: b
 @click.option("--all", "all_", is_flag=True, help="Replay every dead letter.")
 @nats_option
 @redis_option
-def dlq_replay(target: str, ids: tuple[str, ...], all_: bool, nats_url: str | None,
-               redis_url: str | None) -> None:
-    """Send dead letters back through the normal path (jobs to their queue, messages to the stream)."""
+def dlq_replay(
+    target: str, ids: tuple[str, ...], all_: bool, nats_url: str | None, redis_url: str | None
+) -> None:
+    """Send dead letters back through the normal path (jobs to queues, messages to streams)."""
     pipelines = _pipelines(target)
 
     async def go() -> None:

@@ -66,7 +66,7 @@ class SerializationError(FlowlineError):
     """Raised when job data or a job result cannot be encoded as JSON."""
 
 
-class Retry(Exception):  # noqa: N818 - a control-flow signal, named like dramatiq's and Celery's
+class Retry(Exception):
     """Not an error: raise it in a handler to ask for another attempt after `delay` seconds.
 
     Args:
@@ -78,5 +78,5 @@ class Retry(Exception):  # noqa: N818 - a control-flow signal, named like dramat
         self.delay = delay
 
 
-class Fail(Exception):  # noqa: N818 - a control-flow signal, like Retry
+class Fail(Exception):
     """Not an error of flowline's: raise it in a handler to fail the job at once, with no retry."""

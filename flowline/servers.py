@@ -91,7 +91,9 @@ class LocalServers:
     ) -> None:
         self.tls = tls
         if redis_fsync not in ("always", "everysec", "no"):
-            raise ConfigurationError(f"redis_fsync must be always, everysec or no, not {redis_fsync!r}")
+            raise ConfigurationError(
+                f"redis_fsync must be always, everysec or no, not {redis_fsync!r}"
+            )
         self.redis_fsync = redis_fsync
         self.redis_password = redis_password
         self.nats_user = nats_user
@@ -131,10 +133,26 @@ class LocalServers:
         if openssl is None:
             raise ConfigurationError("LocalServers(tls=True) needs the openssl command")
         subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-             "-keyout", str(self.dir / "key.pem"), "-out", str(self.dir / "cert.pem")],
-            check=True, capture_output=True,
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-keyout",
+                str(self.dir / "key.pem"),
+                "-out",
+                str(self.dir / "cert.pem"),
+            ],
+            check=True,
+            capture_output=True,
         )
 
     def start(self) -> LocalServers:
@@ -147,27 +165,65 @@ class LocalServers:
     def start_nats(self) -> None:
         store = self.dir / "nats"
         store.mkdir(exist_ok=True)
-        args = [nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1",
-                "-p", str(self.nats_port)]
+        args = [
+            nats_server_binary(),
+            "-js",
+            "-sd",
+            str(store),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.nats_port),
+        ]
         if self.nats_user:
             args += ["--user", self.nats_user, "--pass", str(self.nats_password)]
         if self.tls:
-            args += ["--tls", "--tlscert", str(self.dir / "cert.pem"),
-                     "--tlskey", str(self.dir / "key.pem")]
+            args += [
+                "--tls",
+                "--tlscert",
+                str(self.dir / "cert.pem"),
+                "--tlskey",
+                str(self.dir / "key.pem"),
+            ]
         self.nats = self._spawn(args, "nats.log")
         _wait_for_port(self.nats_port, self.nats, "nats-server", self.dir / "nats.log")
 
     def start_redis(self) -> None:
-        args = [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", self.redis_fsync,
-                "--save", "", "--daemonize", "no", "--protected-mode", "no"]
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.redis_fsync,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
         if self.redis_password:
             args += ["--requirepass", self.redis_password]
         if self.tls:
             args[2] = "0"  # no plain-text port: TLS only
-            args += ["--tls-port", str(self.redis_port), "--tls-cert-file",
-                     str(self.dir / "cert.pem"), "--tls-key-file", str(self.dir / "key.pem"),
-                     "--tls-ca-cert-file", str(self.dir / "cert.pem"), "--tls-auth-clients", "no"]
+            args += [
+                "--tls-port",
+                str(self.redis_port),
+                "--tls-cert-file",
+                str(self.dir / "cert.pem"),
+                "--tls-key-file",
+                str(self.dir / "key.pem"),
+                "--tls-ca-cert-file",
+                str(self.dir / "cert.pem"),
+                "--tls-auth-clients",
+                "no",
+            ]
         self.redis = self._spawn(args, "redis.log")
         _wait_for_port(self.redis_port, self.redis, "redis-server", self.dir / "redis.log")
 
@@ -211,7 +267,7 @@ class LocalServers:
 
 def _stop(proc: subprocess.Popen[bytes] | None, kill: bool) -> None:
     if proc is None or proc.poll() is not None:
-        return None
+        return
     if kill:
         proc.kill()
     else:
@@ -221,6 +277,4 @@ def _stop(proc: subprocess.Popen[bytes] | None, kill: bool) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-    return None
-
-
+    return

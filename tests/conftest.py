@@ -83,7 +83,10 @@ class WorkerProcess:
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flowline", "worker", *args, "--log-format", "json"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -137,9 +140,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker(
-    servers: LocalServers, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
+def worker(servers: LocalServers, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: ``worker("tests.apps.recorder:pipeline", "--concurrency", "5", env={...})``."""
     started: list[WorkerProcess] = []
 
@@ -159,9 +160,7 @@ async def runs(redis: Redis) -> list[dict[str, Any]]:
     return [json.loads(x) for x in await redis.lrange("test:runs", 0, -1)]
 
 
-async def eventually(
-    check: Callable[[], Any], timeout: float = 15, interval: float = 0.05
-) -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 15, interval: float = 0.05) -> Any:
     """Poll an async or sync `check` until it returns something truthy; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -18,7 +18,9 @@ QUEUE = QueueKeys("fanbase-notifications")
 
 
 async def publish(js, fan: str, talent: str, action: str) -> int:
-    ack = await js.publish("fanbase", FanbaseEvent(fan=fan, talent=talent, action=action).SerializeToString())
+    ack = await js.publish(
+        "fanbase", FanbaseEvent(fan=fan, talent=talent, action=action).SerializeToString()
+    )
     return ack.seq
 
 
@@ -35,8 +37,11 @@ async def test_follow_and_unfollow_notify_the_right_people(worker, js, redis):
     unfollow = await publish(js, "fan-2", "talent-2", "unfollowed")
 
     async def all_done():
-        jobs = [await job(redis, f"fanbase:{follow}:0"), await job(redis, f"fanbase:{follow}:1"),
-                await job(redis, f"fanbase:{unfollow}:0")]
+        jobs = [
+            await job(redis, f"fanbase:{follow}:0"),
+            await job(redis, f"fanbase:{follow}:1"),
+            await job(redis, f"fanbase:{unfollow}:0"),
+        ]
         return jobs if all(j.get("state") == "completed" for j in jobs) else None
 
     welcome, engage, confirm = await eventually(all_done)
@@ -62,7 +67,10 @@ async def test_sigterm_exits_zero(worker):
 def test_example_command_runs_end_to_end():
     """`python -m examples.fanbase` (the README's first command) prints every notification."""
     result = subprocess.run(
-        [sys.executable, "-m", "examples.fanbase"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "examples.fanbase"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=90,
     )
     assert result.returncode == 0, result.stderr

@@ -16,8 +16,10 @@ from .conftest import eventually
 
 
 def make_pipeline() -> tuple[flowline.Pipeline, list[dict[str, Any]]]:
-    pipeline = Stream("producing", lambda b: b.decode()) >> Route(lambda e: [Job("echo", e)]) >> Queue(
-        "producing"
+    pipeline = (
+        Stream("producing", lambda b: b.decode())
+        >> Route(lambda e: [Job("echo", e)])
+        >> Queue("producing")
     )
     ran: list[dict[str, Any]] = []
 
@@ -38,8 +40,11 @@ class TestDirectEnqueue:
             await eventually(lambda: ran)
             info = await eventually(lambda: _completed(pipeline, job_id))
         assert ran[0]["data"] == {"x": 1}
-        assert info.result == {"x": 1} and info.attempt == 1 and info.topic == "echo"
-        assert info.progress == 100 and info.finished is not None
+        assert info.result == {"x": 1}
+        assert info.attempt == 1
+        assert info.topic == "echo"
+        assert info.progress == 100
+        assert info.finished is not None
 
     async def test_same_idempotency_key_enqueues_once(self, settings):
         """A retried request with the same key does not enqueue a second job."""
@@ -57,11 +62,17 @@ class TestDirectEnqueue:
         pipeline, ran = make_pipeline()
         async with Runner(pipeline, settings):
             job_id = await asyncio.to_thread(
-                pipeline.enqueue_sync, "echo", {"sync": True}, key="k1",
+                pipeline.enqueue_sync,
+                "echo",
+                {"sync": True},
+                key="k1",
                 redis_url=settings.redis_url,
             )
             again = await asyncio.to_thread(
-                pipeline.enqueue_sync, "echo", {"sync": True}, key="k1",
+                pipeline.enqueue_sync,
+                "echo",
+                {"sync": True},
+                key="k1",
                 redis_url=settings.redis_url,
             )
             await eventually(lambda: ran)
@@ -91,7 +102,8 @@ class TestDirectEnqueue:
             counts = await pipeline.queue("producing").counts()
             assert (await pipeline.queue("producing").job(job_id)).state == "queued"
         assert ran == []
-        assert counts.ready == 1 and counts.running == 0
+        assert counts.ready == 1
+        assert counts.running == 0
         async with Runner(pipeline, settings):
             await eventually(lambda: ran)
 
@@ -104,7 +116,8 @@ class TestDelayed:
             start = time.time()
             job_id = await pipeline.enqueue("echo", {"d": 1}, delay=1.0)
             info = await pipeline.queue("producing").job(job_id)
-            assert info is not None and info.state == "delayed"
+            assert info is not None
+            assert info.state == "delayed"
             assert (await pipeline.queue("producing").counts()).delayed == 1
             await eventually(lambda: ran)
             await asyncio.sleep(0.3)
@@ -113,9 +126,11 @@ class TestDelayed:
 
     async def test_router_can_delay_jobs(self, settings):
         """A router's Job(delay=...) is honoured for jobs coming from a stream."""
-        pipeline = Stream("delays", lambda b: b) >> Route(
-            lambda e: [Job("now", None), Job("later", None, delay=0.8)]
-        ) >> Queue("delays")
+        pipeline = (
+            Stream("delays", lambda b: b)
+            >> Route(lambda e: [Job("now", None), Job("later", None, delay=0.8)])
+            >> Queue("delays")
+        )
         seen: dict[str, float] = {}
         pipeline.dequeue("now", lambda job: seen.setdefault("now", time.time()))
         pipeline.dequeue("later", lambda job: seen.setdefault("later", time.time()))
@@ -155,9 +170,11 @@ class TestPublish:
 class TestEmit:
     async def test_emit_is_not_repeated_when_the_job_is_retried(self, settings):
         """A job that emits, then fails and is retried, publishes its follow-up once."""
-        downstream = Stream("emitted", lambda b: b.decode()) >> Route(
-            lambda e: [Job("audit", e)]
-        ) >> Queue("audit")
+        downstream = (
+            Stream("emitted", lambda b: b.decode())
+            >> Route(lambda e: [Job("audit", e)])
+            >> Queue("audit")
+        )
         audited: list[str] = []
         downstream.dequeue("audit", lambda job: audited.append(job.data))
         upstream, _ = make_pipeline()
@@ -222,8 +239,8 @@ class TestFanIn:
 class TestPriority:
     async def test_urgent_jobs_pass_a_backlog_and_concurrency_stays_exact(self, settings):
         """priority > 0 runs before queued normal jobs; concurrency=1 never runs two at once."""
-        pipeline = Stream("prio", lambda b: b) >> Route(lambda e: None) >> Queue(
-            "prio", concurrency=1
+        pipeline = (
+            Stream("prio", lambda b: b) >> Route(lambda e: None) >> Queue("prio", concurrency=1)
         )
         order: list[str] = []
         running = [0, 0]  # now, max

@@ -66,7 +66,8 @@ class TestRetries:
         seq = await publish(js, {"topic": "boom", "data": {"n": 1}}, {"topic": "record"})
         [letter] = await eventually(lambda: dead(redis))
         assert letter["job_id"] == f"recorder:{seq}:0"
-        assert letter["topic"] == "boom" and letter["queue"] == "recorder"
+        assert letter["topic"] == "boom"
+        assert letter["queue"] == "recorder"
         assert json.loads(letter["data"]) == {"n": 1}
         assert letter["attempts"] == 3  # retries=2 in the app
         assert letter["error"] == "ValueError: boom"
@@ -102,7 +103,8 @@ class TestRetries:
         await publish(js, {"topic": "hang"})
         [letter] = await eventually(lambda: dead(redis))
         assert letter["attempts"] == 2
-        assert "JobTimeout" in letter["error"] and "0.3s timeout" in letter["error"]
+        assert "JobTimeout" in letter["error"]
+        assert "0.3s timeout" in letter["error"]
 
     async def test_unserialisable_result_is_dead_lettered_at_once(self, worker, js, redis):
         """A result that is not JSON fails the job without retrying (it would fail again)."""
@@ -131,7 +133,9 @@ class TestWorkerCrash:
         assert 1.5 <= recovered["t"] - killed_at <= 8  # visibility timeout is 2 s in the app
         assert (await job_hash(redis, job_id))["attempt"] == "2"
 
-    async def test_live_worker_keeps_a_long_job_past_the_visibility_timeout(self, worker, js, redis):
+    async def test_live_worker_keeps_a_long_job_past_the_visibility_timeout(
+        self, worker, js, redis
+    ):
         """A job running longer than the visibility timeout is not taken by another live worker."""
         await started(worker)
         await started(worker)
@@ -139,7 +143,8 @@ class TestWorkerCrash:
         job_id = f"recorder:{seq}:0"
         await eventually(lambda: _state(redis, job_id, "completed"), timeout=20)
         starts = [r for r in await runs(redis) if r["event"] == "start"]
-        assert len(starts) == 1 and starts[0]["attempt"] == 1
+        assert len(starts) == 1
+        assert starts[0]["attempt"] == 1
 
     async def test_job_that_kills_every_worker_is_dead_lettered(self, worker, js, redis):
         """A job whose workers keep dying stops being retried after retries+1 attempts."""
@@ -217,7 +222,7 @@ class TestJobs:
         """Jobs spread over two processes; every job runs exactly once."""
         a = await started(worker)
         b = await started(worker)
-        for i in range(40):
+        for _i in range(40):
             await publish(js, *({"topic": "record", "data": {"sleep": 0.05}} for _ in range(5)))
         await eventually(lambda: _count_done(redis, 200), timeout=30)
         done = [r for r in await runs(redis) if r["event"] == "done"]

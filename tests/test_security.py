@@ -26,7 +26,9 @@ Q = QueueKeys("recorder")
 
 @pytest.fixture(scope="module")
 def auth_servers() -> Iterator[LocalServers]:
-    with LocalServers(redis_password=REDIS_SECRET, nats_user="flow", nats_password=NATS_SECRET) as s:
+    with LocalServers(
+        redis_password=REDIS_SECRET, nats_user="flow", nats_password=NATS_SECRET
+    ) as s:
         yield s
 
 
@@ -61,15 +63,23 @@ async def test_authenticated_servers_work_and_secrets_never_reach_the_logs(worke
         await redis.aclose()
     output = proc.output()
     assert "flowline started" in output
-    assert REDIS_SECRET not in output and NATS_SECRET not in output
-    assert "flow:***@127.0.0.1" in output and ":***@127.0.0.1" in output
+    assert REDIS_SECRET not in output
+    assert NATS_SECRET not in output
+    assert "flow:***@127.0.0.1" in output
+    assert ":***@127.0.0.1" in output
 
 
 @pytest.mark.parametrize(
     ("url_env", "expected"),
     [
-        ({"FLOWLINE_REDIS_URL": "redis://:wrong-pass@127.0.0.1:{redis}/0"}, "cannot connect to Redis"),
-        ({"FLOWLINE_NATS_URL": "nats://flow:wrong-pass@127.0.0.1:{nats}"}, "cannot connect to NATS"),
+        (
+            {"FLOWLINE_REDIS_URL": "redis://:wrong-pass@127.0.0.1:{redis}/0"},
+            "cannot connect to Redis",
+        ),
+        (
+            {"FLOWLINE_NATS_URL": "nats://flow:wrong-pass@127.0.0.1:{nats}"},
+            "cannot connect to NATS",
+        ),
     ],
     ids=["redis", "nats"],
 )
@@ -79,14 +89,18 @@ async def test_wrong_credentials_fail_clearly_without_echoing_them(
     """A wrong password stops the worker with a clear error that does not print the password."""
     env = {
         **auth_servers.env(),
-        **{k: v.format(redis=auth_servers.redis_port, nats=auth_servers.nats_port)
-           for k, v in url_env.items()},
+        **{
+            k: v.format(redis=auth_servers.redis_port, nats=auth_servers.nats_port)
+            for k, v in url_env.items()
+        },
     }
     proc = worker("tests.apps.recorder:pipeline", env=env)
     assert await proc.wait() != 0
     output = proc.output()
     assert expected in output
-    assert "wrong-pass" not in output and REDIS_SECRET not in output and NATS_SECRET not in output
+    assert "wrong-pass" not in output
+    assert REDIS_SECRET not in output
+    assert NATS_SECRET not in output
 
 
 async def test_tls_servers(worker, tls_servers):
@@ -121,7 +135,8 @@ async def test_pickled_payload_is_never_unpickled(worker, redis, tmp_path):
     )
     [(_, fields)] = await eventually(lambda: redis.xrange(Q.dead))
     record = json.loads(fields[b"record"])
-    assert "job data is not JSON" in record["error"] and record["attempts"] == 1
+    assert "job data is not JSON" in record["error"]
+    assert record["attempts"] == 1
     assert not marker.exists()
 
 
@@ -130,43 +145,58 @@ class TestConfigurationErrors:
         import os
 
         return subprocess.run(
-            [sys.executable, "-m", "flowline", *args], cwd=ROOT, capture_output=True, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=30,
+            [sys.executable, "-m", "flowline", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            timeout=30,
         )
 
     def test_target_without_colon(self):
         """A target that is not MODULE:ATTR is refused with an example of the right form."""
         r = self.run_cli("worker", "tests.apps.recorder")
-        assert r.returncode != 0 and "expected MODULE:ATTR" in r.stderr
+        assert r.returncode != 0
+        assert "expected MODULE:ATTR" in r.stderr
 
     def test_missing_attribute(self):
         """A missing attribute is named."""
         r = self.run_cli("worker", "tests.apps.recorder:nope")
-        assert r.returncode != 0 and "has no attribute 'nope'" in r.stderr
+        assert r.returncode != 0
+        assert "has no attribute 'nope'" in r.stderr
 
     def test_not_a_pipeline(self):
         """A target that is not a pipeline says what it got."""
         r = self.run_cli("worker", "tests.apps.recorder:RETRIES")
-        assert r.returncode != 0 and "expected a Pipeline" in r.stderr and "int" in r.stderr
+        assert r.returncode != 0
+        assert "expected a Pipeline" in r.stderr
+        assert "int" in r.stderr
 
     def test_bad_url_scheme(self):
         """A URL with the wrong scheme is refused before connecting."""
         r = self.run_cli("worker", "tests.apps.recorder:pipeline", "--redis", "http://x:1")
-        assert r.returncode != 0 and "not a Redis URL" in r.stderr
+        assert r.returncode != 0
+        assert "not a Redis URL" in r.stderr
 
     def test_only_that_matches_nothing(self, servers):
         """--only with an unknown part lists the valid choices."""
-        r = self.run_cli("worker", "tests.apps.recorder:pipeline", "--only", "queue:nope",
-                         env=servers.env())
+        r = self.run_cli(
+            "worker", "tests.apps.recorder:pipeline", "--only", "queue:nope", env=servers.env()
+        )
         assert r.returncode != 0
-        assert "--only 'queue:nope' matches nothing" in r.stderr and "queue:recorder" in r.stderr
+        assert "--only 'queue:nope' matches nothing" in r.stderr
+        assert "queue:recorder" in r.stderr
 
     def test_unreachable_redis(self, servers):
         """An unreachable Redis fails fast with the (redacted) URL."""
         from flowline.servers import free_port
 
         url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
-        r = self.run_cli("worker", "tests.apps.recorder:pipeline", env={**servers.env(),
-                         "FLOWLINE_REDIS_URL": url})
-        assert r.returncode != 0 and "cannot connect to Redis" in r.stderr
+        r = self.run_cli(
+            "worker",
+            "tests.apps.recorder:pipeline",
+            env={**servers.env(), "FLOWLINE_REDIS_URL": url},
+        )
+        assert r.returncode != 0
+        assert "cannot connect to Redis" in r.stderr
         assert "hunter2" not in r.stderr + r.stdout

@@ -73,7 +73,7 @@ class TestUndecodable:
     async def test_is_dead_lettered_and_later_messages_still_flow(
         self, settings, js, payload, message
     ):
-        """A bad message emits error:decode, is dead-lettered with its payload, and blocks nothing."""
+        """A bad message emits error:decode, is dead-lettered with its payload, blocks nothing."""
         pipeline, ran, events = fanbase(max_payload=100)
         async with Runner(pipeline, settings) as app:
             await js.publish("faults", payload)
@@ -85,7 +85,8 @@ class TestUndecodable:
         [err] = [e for e in events if e.name == "error:decode"]
         assert isinstance(err.error, DecodeError)
         assert message in str(err.error)
-        assert err.stage == "decode" and err.pipeline == pipeline.name
+        assert err.stage == "decode"
+        assert err.pipeline == pipeline.name
         assert [e.name for e in events].count("error:decode") == 1  # not retried forever
         [letter] = letters
         assert letter.record["stage"] == "decode"
@@ -120,7 +121,8 @@ class TestRouterFailures:
         assert isinstance(route_errors[0].error.__cause__, LookupError)
         assert route_errors[0].event.fan == "bad"
         [letter] = letters
-        assert letter.record["stage"] == "route" and letter.record["attempts"] == 3
+        assert letter.record["stage"] == "route"
+        assert letter.record["attempts"] == 3
 
     async def test_router_that_fails_once_is_retried_and_its_jobs_run_once(self, settings, js):
         """A transient router failure redelivers the message; its jobs then run exactly once."""
@@ -166,7 +168,8 @@ class TestRouterFailures:
             [letter] = await eventually(lambda: app.dead_letters(pipeline), timeout=20)
             await eventually(lambda: ran)
         errors = [e for e in events if e.name == "error:route"]
-        assert errors and isinstance(errors[0].error, error_type)
+        assert errors
+        assert isinstance(errors[0].error, error_type)
         assert text in str(errors[0].error)
         assert letter.record["stage"] == "route"
         assert [r["fan"] for r in ran] == ["ok"]
@@ -181,7 +184,9 @@ class TestRedelivery:
         ack = await js.publish("faults", good("once")) if await _stream(js) else None
         assert ack is not None
         # What the crashed process had written: the same ids the redelivery will compute.
-        rows = plan(pipeline, [Job("notify", {"fan": "once"})] * 3, f"faults:{ack.seq}", "stream", "r")
+        rows = plan(
+            pipeline, [Job("notify", {"fan": "once"})] * 3, f"faults:{ack.seq}", "stream", "r"
+        )
         assert await write(redis, Scripts(redis), rows) == 3
         async with Runner(pipeline, settings):
             await eventually(lambda: consumer_idle(js, pipeline))
@@ -200,7 +205,7 @@ async def _stream(js) -> bool:
 
 
 async def test_listener_that_raises_never_breaks_the_pipeline(settings, js):
-    """A listener raising on every event is logged; jobs still run and other listeners still hear."""
+    """A listener raising on every event is logged; jobs still run, other listeners still hear."""
     pipeline, ran, events = fanbase()
 
     def bad_listener(event: Event) -> None:
@@ -219,6 +224,7 @@ async def test_listener_that_raises_never_breaks_the_pipeline(settings, js):
     for name in ("stream", "route", "job:start", "job:complete"):
         assert name in names
     complete = next(e for e in events if e.name == "job:complete")
-    assert complete.stage == "job" and complete.pipeline == pipeline.name
+    assert complete.stage == "job"
+    assert complete.pipeline == pipeline.name
     assert complete.id == "faults:1:0"
     json.dumps(complete.result)

@@ -64,7 +64,9 @@ async def confirm_unfollow(job: JobContext) -> dict[str, object]:
     talent = await svc.users.find_by_id(job.data["talent"])
     await job.progress(10)
     subject = f"You've stopped following {talent.name}!"
-    message = f"Hey {fan.name}, we just wanted to confirm that you've stopped following {talent.name}."
+    message = (
+        f"Hey {fan.name}, we just wanted to confirm that you've stopped following {talent.name}."
+    )
     await job.progress(15)
     confirmation = await svc.email.send(fan.email, subject, message)
     await job.progress(99)

@@ -10,9 +10,10 @@ only the most recent one fires, once, when a process starts (``catch_up=True``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -66,7 +67,9 @@ def next_tick(cron: Cron, now: float) -> float:
         return (now // cron.interval + 1) * cron.interval
     from croniter import croniter
 
-    return float(croniter(cron.expression, datetime.fromtimestamp(now, ZoneInfo(cron.tz))).get_next(float))
+    return float(
+        croniter(cron.expression, datetime.fromtimestamp(now, ZoneInfo(cron.tz))).get_next(float)
+    )
 
 
 class CronSource:
@@ -97,10 +100,8 @@ class CronSource:
             except Exception as exc:
                 self.log.warning("cron check failed", error=repr(exc))
             wait = max(0.01, min(1.0, next_tick(self.cron, time.time()) - time.time()))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
 
     async def fire(self, tick: float) -> bool:
         """Fire the tick at `tick` unless another process holds its lease; True if fired."""
@@ -108,7 +109,7 @@ class CronSource:
         lease = f"{self.mark}:lease:{tick_ms}"
         if not await self.redis.set(lease, "1", nx=True, px=30_000):
             return False
-        event = CronTick(self.cron.topic, datetime.fromtimestamp(tick, timezone.utc))
+        event = CronTick(self.cron.topic, datetime.fromtimestamp(tick, UTC))
         bus = self.pipeline.bus
         bus.emit("cron", "cron", event=event, topic=self.cron.topic)
         bus.emit(f"cron:{self.cron.topic}", "cron", event=event, topic=self.cron.topic)
@@ -116,7 +117,9 @@ class CronSource:
         try:
             if route is not None:
                 jobs = await call_router(route, event)
-                rows = plan(self.pipeline, jobs, f"cron:{self.cron.topic}:{tick_ms}", "cron", "route")
+                rows = plan(
+                    self.pipeline, jobs, f"cron:{self.cron.topic}:{tick_ms}", "cron", "route"
+                )
                 await write(self.redis, self.scripts, rows)
         except Exception as exc:
             bus.emit("error:cron", "cron", error=exc, event=event)

@@ -108,7 +108,10 @@ async def bury_message(
 
 def stores(pipeline: Pipeline) -> list[str]:
     """Every dead-letter stream of a pipeline: its stream side, then each queue."""
-    return [stream_dead_letters(pipeline.name).dead, *(QueueKeys(q.name).dead for q in pipeline.queues)]
+    return [
+        stream_dead_letters(pipeline.name).dead,
+        *(QueueKeys(q.name).dead for q in pipeline.queues),
+    ]
 
 
 async def listing(redis: Redis, pipeline: Pipeline, limit: int = 1000) -> list[DeadLetter]:
@@ -147,7 +150,9 @@ async def replay(
         raise RuntimeError("replaying a stream message needs a NATS connection")
     payload = base64.b64decode(record["payload_b64"])
     await js.publish(
-        record["subject"], payload, headers={"Nats-Msg-Id": f"replay:{record['stream']}:{record['sequence']}:{letter.id}"}
+        record["subject"],
+        payload,
+        headers={"Nats-Msg-Id": f"replay:{record['stream']}:{record['sequence']}:{letter.id}"},
     )
     await redis.xdel(letter.store, letter.id)
 

@@ -30,7 +30,9 @@ class Emitter:
         self._redis = redis
         self._streams: set[str] = set()
 
-    async def emit(self, job_key: str, job_id: str, n: int, target: Pipeline | str, event: Any) -> int:
+    async def emit(
+        self, job_key: str, job_id: str, n: int, target: Pipeline | str, event: Any
+    ) -> int:
         """Publish `event` as the `n`-th emit of a job; returns the stream sequence."""
         subject, payload = _resolve(target, event)
         mark = f"emitted:{n}"
@@ -56,7 +58,9 @@ def _resolve(target: Pipeline | str, event: Any) -> tuple[str, bytes]:
         if isinstance(event, bytes):
             return stream.subject, event
         if stream.encode is None:
-            raise PipelineError(f"{stream.describe()} cannot encode {type(event).__name__}; emit bytes")
+            raise PipelineError(
+                f"{stream.describe()} cannot encode {type(event).__name__}; emit bytes"
+            )
         return stream.subject, stream.encode(event)
     if isinstance(event, bytes):
         return target, event

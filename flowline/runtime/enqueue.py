@@ -60,9 +60,7 @@ def plan(
             raise
         due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
-        rows.append(
-            Planned(topic.queue.name, job_id, job.topic, data, due, origin, job.priority)
-        )
+        rows.append(Planned(topic.queue.name, job_id, job.topic, data, due, origin, job.priority))
     return rows
 
 

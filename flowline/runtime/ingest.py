@@ -93,8 +93,7 @@ class StreamIngest:
         self._fan_in = self.route is not None and self.route.fan_in
         self._keep = int(max((q.options.keep_completed for q in pipeline.queues), default=86400))
         self._concurrent_route = self.route is not None and (
-            inspect.iscoroutinefunction(self.route.fn)
-            or inspect.isasyncgenfunction(self.route.fn)
+            inspect.iscoroutinefunction(self.route.fn) or inspect.isasyncgenfunction(self.route.fn)
         )
 
     async def setup(self) -> None:
@@ -121,7 +120,7 @@ class StreamIngest:
         while not stop.is_set():
             try:
                 msgs = await self.sub.fetch(self.stream.batch, timeout=0.5)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except Exception as exc:
                 failures += 1
@@ -228,9 +227,7 @@ class StreamIngest:
             bus.emit("route", "route", event=event, jobs=jobs, sequence=seq)
         return rows
 
-    async def _bury(
-        self, msg: Msg, err: BaseException, stage: str, deliveries: int
-    ) -> None:
+    async def _bury(self, msg: Msg, err: BaseException, stage: str, deliveries: int) -> None:
         """Dead-letter a message, then terminate it; if Redis is down, hand it back instead."""
         try:
             entry = await deadletters.bury_message(
@@ -239,13 +236,15 @@ class StreamIngest:
         except Exception as exc:
             self.log.warning("could not dead-letter message; will retry", error=repr(exc))
             await msg.nak(delay=1.0)
-            return None
+            return
         self.log.warning(
             "message dead-lettered",
             sequence=msg.metadata.sequence.stream,
             error=str(err),
             dead_letter=entry,
         )
-        self.bus.emit("dead-letter", stage, error=err, id=entry, sequence=msg.metadata.sequence.stream)
+        self.bus.emit(
+            "dead-letter", stage, error=err, id=entry, sequence=msg.metadata.sequence.stream
+        )
         await msg.term()
-        return None
+        return

@@ -43,8 +43,18 @@ class JobContext:
         queue: the queue's name.
     """
 
-    __slots__ = ("_bus", "_emits", "_emitter", "_key", "_redis", "attempt", "data", "id", "queue",
-                 "topic")
+    __slots__ = (
+        "_bus",
+        "_emits",
+        "_emitter",
+        "_key",
+        "_redis",
+        "attempt",
+        "data",
+        "id",
+        "queue",
+        "topic",
+    )
 
     def __init__(
         self,

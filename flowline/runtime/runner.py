@@ -131,8 +131,13 @@ class Runner:
         emitter = Emitter(self._jetstream, self.redis)
         for p, queue in self.plan.queues:
             worker = QueueWorker(
-                p, queue, self.redis, self.scripts, concurrency=s.concurrency,
-                consumer=f"{self._consumer}-{queue.name}", emitter=emitter,
+                p,
+                queue,
+                self.redis,
+                self.scripts,
+                concurrency=s.concurrency,
+                consumer=f"{self._consumer}-{queue.name}",
+                emitter=emitter,
             )
             await worker.setup()
             self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
@@ -163,8 +168,11 @@ class Runner:
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("a flowline loop crashed; stopping", task=task.get_name(),
-                      error=repr(task.exception()))
+            log.error(
+                "a flowline loop crashed; stopping",
+                task=task.get_name(),
+                error=repr(task.exception()),
+            )
             self.stop_event.set()
 
     async def stop(self) -> None:
@@ -180,8 +188,11 @@ class Runner:
             await self.nc.close()
         if self.redis is not None:
             await self.redis.aclose()
-        crashed = [r for r in results if isinstance(r, BaseException)
-                   and not isinstance(r, asyncio.CancelledError)]
+        crashed = [
+            r
+            for r in results
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError)
+        ]
         if crashed:
             raise crashed[0]
 
@@ -253,8 +264,8 @@ class Runner:
 def connect(target: object, settings: Settings | None = None) -> Runner:
     """A runner that runs nothing: use it to publish and enqueue from an app or a script.
 
-        async with flowline.connect(pipeline):
-            await pipeline.enqueue("notify-fan-following", {"fan": "fan-1", "talent": "t-1"})
+    async with flowline.connect(pipeline):
+        await pipeline.enqueue("notify-fan-following", {"fan": "fan-1", "talent": "t-1"})
     """
     return Runner(target, settings, only=())
 

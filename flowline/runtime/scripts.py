@@ -51,8 +51,8 @@ end
 return 1
 """
 
-# KEYS: the job's ready stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms, keep s,
-# entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
+# KEYS: the job's ready stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms,
+# keep s, entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
 # dead-letter record json.
 FAIL = """
 local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

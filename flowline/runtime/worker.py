@@ -146,7 +146,7 @@ class QueueWorker:
     async def _read(self, stop: asyncio.Event) -> None:
         failures = 0
         # Urgent first: XREADGROUP answers streams in the order given.
-        streams = {stream: ">" for stream in self.keys.streams}
+        streams = dict.fromkeys(self.keys.streams, ">")
         backlog = self._backlog
         while not stop.is_set():
             free = self.concurrency - self._running
@@ -214,7 +214,9 @@ class QueueWorker:
             try:
                 data = loads(job.data)
             except ValueError as exc:
-                raise SerializationError(f"job data is not JSON ({exc}); it is never unpickled") from exc
+                raise SerializationError(
+                    f"job data is not JSON ({exc}); it is never unpickled"
+                ) from exc
             ctx = JobContext(
                 id=job.job_id,
                 topic=job.topic,
@@ -242,7 +244,7 @@ class QueueWorker:
             encoded = dumps(result, what=f"result of job {job.job_id}")
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - a handler may raise anything; none is lost
+        except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
             await self._failed(job, topic, ctx, exc)
@@ -288,21 +290,35 @@ class QueueWorker:
                 delay = topic.backoff.delay(job.attempt, random.random())
         now = time.time()
         due = -1 if delay < 0 else (0 if delay == 0 else int((now + delay) * 1000))
-        record = "" if due >= 0 else job_record(
-            job_id=job.job_id,
-            queue=self.queue.name,
-            topic=job.topic,
-            data=job.data,
-            attempts=job.attempt,
-            err=exc,
+        record = (
+            ""
+            if due >= 0
+            else job_record(
+                job_id=job.job_id,
+                queue=self.queue.name,
+                topic=job.topic,
+                data=job.data,
+                attempts=job.attempt,
+                err=exc,
+            )
         )
         while True:
             try:
                 dead = await self.scripts.fail(
                     keys=[job.stream, self.keys.delayed, self.keys.dead],
                     args=[
-                        GROUP, self.keys.job_prefix, int(now * 1000), self._keep, job.entry,
-                        job.job_id, job.topic, job.data, job.attempt + 1, due, str(exc), record,
+                        GROUP,
+                        self.keys.job_prefix,
+                        int(now * 1000),
+                        self._keep,
+                        job.entry,
+                        job.job_id,
+                        job.topic,
+                        job.data,
+                        job.attempt + 1,
+                        due,
+                        str(exc),
+                        record,
                     ],
                 )
                 break
@@ -353,8 +369,14 @@ class QueueWorker:
             bus = self.bus
             if bus.wants("job:complete"):
                 for job, _, result in batch:
-                    bus.emit("job:complete", "job", id=job.job_id, topic=job.topic, result=result,
-                             attempt=job.attempt)
+                    bus.emit(
+                        "job:complete",
+                        "job",
+                        id=job.job_id,
+                        topic=job.topic,
+                        result=result,
+                        attempt=job.attempt,
+                    )
             await self._finished([job.job_id for job, _, _ in batch])
 
     async def _finished(self, job_ids: list[str]) -> None:
@@ -426,14 +448,21 @@ class QueueWorker:
             free = max(1, self.concurrency - self._running)
             reply = await self.scripts.reclaim(
                 keys=[stream],
-                args=[GROUP, self.consumer, self._vis_ms, self._reclaim_cursors[stream], free,
-                      self.keys.job_prefix],
+                args=[
+                    GROUP,
+                    self.consumer,
+                    self._vis_ms,
+                    self._reclaim_cursors[stream],
+                    free,
+                    self.keys.job_prefix,
+                ],
             )
             cursor, *entries = reply
             self._reclaim_cursors[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
             for entry, job_id, topic, data, attempt in entries:
-                job = Running(stream, entry.decode(), job_id.decode(), topic.decode(), data,
-                              int(attempt))
+                job = Running(
+                    stream, entry.decode(), job_id.decode(), topic.decode(), data, int(attempt)
+                )
                 self.log.warning(
                     "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
                 )

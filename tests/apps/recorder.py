@@ -33,13 +33,24 @@ def _client() -> Redis:
     if _redis is None:
         url = os.environ["FLOWLINE_REDIS_URL"]
         ca = os.environ.get("FLOWLINE_TLS_CA")
-        _redis = Redis.from_url(url, ssl_ca_certs=ca) if url.startswith("rediss") else Redis.from_url(url)
+        _redis = (
+            Redis.from_url(url, ssl_ca_certs=ca)
+            if url.startswith("rediss")
+            else Redis.from_url(url)
+        )
     return _redis
 
 
 async def record(job: JobContext, event: str, **extra: Any) -> None:
-    entry = {"id": job.id, "topic": job.topic, "attempt": job.attempt, "pid": os.getpid(),
-             "event": event, "t": time.time(), **extra}
+    entry = {
+        "id": job.id,
+        "topic": job.topic,
+        "attempt": job.attempt,
+        "pid": os.getpid(),
+        "event": event,
+        "t": time.time(),
+        **extra,
+    }
     await _client().rpush("test:runs", json.dumps(entry))
 
 
