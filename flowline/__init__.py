@@ -21,7 +21,8 @@ from .errors import (
 )
 from .runtime.cron import CronTick
 from .runtime.job import JobContext
-from .runtime.runner import Runner
+from .runtime.queues import JobInfo, QueueCounts, QueueHandle
+from .runtime.runner import Runner, connect
 
 __all__ = [
     # describing pipelines
@@ -37,8 +38,12 @@ __all__ = [
     # running them
     "Event",
     "JobContext",
+    "JobInfo",
+    "QueueCounts",
+    "QueueHandle",
     "Runner",
     "Settings",
+    "connect",
     # signals a handler raises
     "Fail",
     "Retry",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ._events import EventBus, Listener
 from ._stages import (
+    _NAME_OK,
     Backoff,
     Cron,
     Queue,
@@ -52,10 +53,15 @@ class Topic:
 class Pipeline:
     """Stages chained with ``>>``: one source, one `Route`, then one or more `Queue` s."""
 
-    def __init__(self, stages: Sequence[Stage], *, name: str | None = None) -> None:
+    def __init__(self, stages: Sequence[Stage | Pipeline], *, name: str | None = None) -> None:
         self.stages: tuple[Stage, ...] = tuple(_flatten(stages))
         _check_order(self.stages)
-        self.name = name or _default_name(self.stages)
+        if name is not None and not _NAME_OK.match(name):
+            # The name is the JetStream durable consumer's, which NATS refuses with '.', ' ', '*'.
+            raise PipelineError(
+                f"Pipeline name {name!r} may hold only letters, digits, '-' and '_'"
+            )
+        self.name = _default_name(self.stages) if name is None else name
         self.topics: dict[str, Topic] = {}
         self.bus = EventBus(self.name)
         self._runner: Runner | None = None
@@ -63,16 +69,14 @@ class Pipeline:
     # -- building -------------------------------------------------------------------------------
 
     def __rshift__(self, other: object) -> Pipeline:
-        if isinstance(other, Pipeline):
-            return Pipeline((*self.stages, *other.stages))
-        if not isinstance(other, Stage):
+        if not isinstance(other, (Stage, Pipeline)):
             return NotImplemented
-        return Pipeline((*self.stages, other))
+        return Pipeline((self, other))
 
     def __rrshift__(self, other: object) -> Pipeline:
         if not isinstance(other, Stage):
             return NotImplemented
-        return Pipeline((other, *self.stages))
+        return Pipeline((other, self))
 
     def named(self, name: str) -> Pipeline:
         """A copy of this pipeline called `name` (it names the JetStream durable consumer)."""
@@ -329,6 +333,11 @@ class Pipelines:
 def _flatten(stages: Sequence[Any]) -> Iterator[Stage]:
     for stage in stages:
         if isinstance(stage, Pipeline):
+            if stage.topics:
+                # The new pipeline would silently start without the handlers (as .named would).
+                raise PipelineError(
+                    f"extend pipeline {stage.name!r} before registering handlers on it"
+                )
             yield from stage.stages
         elif isinstance(stage, Stage):
             yield stage
@@ -347,7 +356,6 @@ def _check_order(stages: tuple[Stage, ...]) -> None:
             f"e.g. Stream('subject', Event) >> {first.describe()}"
         )
     seen_route = False
-    seen_queue = False
     names: set[str] = set()
     for stage in stages[1:]:
         if isinstance(stage, Source):
@@ -360,8 +368,6 @@ def _check_order(stages: tuple[Stage, ...]) -> None:
                 raise PipelineError(
                     f"{stage.describe()}: a pipeline has one Route; combine the routers into one"
                 )
-            if seen_queue:
-                raise PipelineError(f"{stage.describe()} comes after a Queue; put it before")
             seen_route = True
         elif isinstance(stage, Queue):
             if not seen_route:
@@ -374,7 +380,6 @@ def _check_order(stages: tuple[Stage, ...]) -> None:
                     f"{stage.describe()} appears twice; give each Queue its own name"
                 )
             names.add(stage.name)
-            seen_queue = True
     claimed: dict[str, str] = {}
     for q in (s for s in stages if isinstance(s, Queue)):
         for topic in q.topics or ():

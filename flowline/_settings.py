@@ -42,6 +42,11 @@ class Settings:
                 raise ConfigurationError(f"not a NATS URL: {redact(url)!r}")
         if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"not a Redis URL: {redact(self.redis_url)!r}")
+        for url in (*self.nats_url.split(","), self.redis_url):
+            try:
+                _ = urlsplit(url.strip()).port
+            except ValueError:
+                raise ConfigurationError(f"bad port in {redact(url.strip())!r}") from None
         if self.grace < 0:
             raise ConfigurationError("grace must be >= 0 seconds")
         if self.concurrency is not None and self.concurrency < 1:
@@ -81,12 +86,11 @@ def redact(url: str) -> str:
     parts = []
     for one in url.split(","):
         s = urlsplit(one.strip())
-        if s.username or s.password:
-            host = s.hostname or ""
-            if s.port:
-                host = f"{host}:{s.port}"
-            user = s.username or ""
-            cred = f"{user}:***" if s.password else "***"
+        # Split the netloc by hand: .hostname drops IPv6 brackets and .port raises on bad ports.
+        userinfo, at, host = s.netloc.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            cred = f"{user}:***" if colon else "***"
             one = urlunsplit((s.scheme, f"{cred}@{host}", s.path, s.query, s.fragment))
         parts.append(one)
     return ",".join(parts)

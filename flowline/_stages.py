@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import PipelineError
 
@@ -26,7 +27,8 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 def label_from_callable(fn: Callable[..., Any]) -> str:
     """A readable default name: the function's qualified name, or ``<lambda at file:line>``."""
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    if name == "<lambda>":
+    # A lambda inside a function has the qualname "f.<locals>.<lambda>"; __name__ is always bare.
+    if getattr(fn, "__name__", None) == "<lambda>":
         code = getattr(fn, "__code__", None)
         if code is not None:
             return f"<lambda at {code.co_filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}>"
@@ -68,7 +70,11 @@ class Backoff:
 
     def delay(self, attempt: int, rand: float) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based); `rand` is uniform in [0, 1)."""
-        ceiling = min(self.cap, self.base * math.pow(self.factor, max(0, attempt - 1)))
+        try:
+            grown = self.base * math.pow(self.factor, max(0, attempt - 1))
+        except OverflowError:  # ~1000+ attempts of a never-give-up policy: the cap applies
+            grown = math.inf
+        ceiling = min(self.cap, grown)
         return ceiling * rand if self.jitter else ceiling
 
 
@@ -81,9 +87,7 @@ class Stage:
     def __rshift__(self, other: object) -> Pipeline:
         from ._pipeline import Pipeline
 
-        if isinstance(other, Pipeline):
-            return Pipeline((self, *other.stages))
-        if not isinstance(other, Stage):
+        if not isinstance(other, (Stage, Pipeline)):
             return NotImplemented
         return Pipeline((self, other))
 
@@ -256,6 +260,13 @@ class Cron(Source):
     ) -> None:
         if not _NAME_OK.match(topic):
             raise PipelineError(f"Cron topic {topic!r} may hold only letters, digits, '-' and '_'")
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            # Otherwise the first tick fails, and every tick after it, far from this line.
+            raise PipelineError(
+                f"Cron time zone {tz!r} is unknown; use an IANA name such as 'Europe/Paris'"
+            ) from None
         self.topic = topic
         self.name = f"cron:{topic}"
         self.tz = tz

@@ -87,7 +87,7 @@ class StreamIngest:
         self.scripts = scripts
         self.bus = pipeline.bus
         self.route = pipeline.route
-        self.durable = pipeline.name
+        self.durable = stream.durable or pipeline.name
         self.stream_name = ""
         self.log = log.bind(pipeline=pipeline.name, stage="stream", subject=stream.subject)
         self._fan_in = self.route is not None and self.route.fan_in
