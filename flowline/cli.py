@@ -7,7 +7,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
@@ -42,7 +42,7 @@ def load(target: str) -> Any:
     return obj
 
 
-def _run(main: Callable[[], Awaitable[Any]]) -> Any:
+def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     try:
         return asyncio.run(main())
     except FlowlineError as exc:

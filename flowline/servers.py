@@ -235,10 +235,12 @@ class LocalServers:
             out.close()
 
     def stop_nats(self, *, kill: bool = False) -> None:
-        self.nats = _stop(self.nats, kill)
+        _stop(self.nats, kill)
+        self.nats = None
 
     def stop_redis(self, *, kill: bool = False) -> None:
-        self.redis = _stop(self.redis, kill)
+        _stop(self.redis, kill)
+        self.redis = None
 
     def restart_nats(self, *, kill: bool = False, down_for: float = 0.0) -> None:
         """Stop (or SIGKILL) nats-server and start it again on the same port and data."""

@@ -118,7 +118,8 @@ async def listing(redis: Redis, pipeline: Pipeline, limit: int = 1000) -> list[D
     """Dead letters of a pipeline, oldest first."""
     out = []
     for store in stores(pipeline):
-        for entry_id, fields in await redis.xrange(store, count=limit):
+        entries: Any = await redis.xrange(store, count=limit)  # redis-py's typing is loose here
+        for entry_id, fields in entries:
             out.append(DeadLetter(_s(entry_id), store, json.loads(fields[b"record"])))
     return out
 

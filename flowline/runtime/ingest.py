@@ -201,9 +201,12 @@ class StreamIngest:
                     f"{self.stream.describe()}: {type(exc).__name__}: {exc}",
                     stage="decode",
                 ) from exc
-        except DecodeError as err:
-            bus.emit("error:decode", "decode", error=err, subject=msg.subject, sequence=seq)
-            return await self._bury(msg, err, "decode", deliveries)
+        except DecodeError as decode_error:
+            bus.emit(
+                "error:decode", "decode", error=decode_error, subject=msg.subject, sequence=seq
+            )
+            await self._bury(msg, decode_error, "decode", deliveries)
+            return None
         if bus.wants("stream"):
             bus.emit("stream", "stream", event=event, subject=msg.subject, sequence=seq)
         if self.route is None:
@@ -212,7 +215,7 @@ class StreamIngest:
             jobs = await call_router(self.route, event)
             rows = plan(self.pipeline, jobs, f"{self.stream_name}:{seq}", "stream", "route")
         except Exception as exc:
-            err = (
+            err: Exception = (
                 exc
                 if isinstance(exc, (StageError, SerializationError))
                 else RouteError(str(exc), stage="route")
@@ -220,7 +223,8 @@ class StreamIngest:
             bus.emit("error:route", "route", error=err, event=event, sequence=seq)
             deterministic = isinstance(exc, UnknownTopicError) or not isinstance(exc, RouteError)
             if deterministic or deliveries >= self.stream.max_deliver:
-                return await self._bury(msg, err, "route", deliveries)
+                await self._bury(msg, err, "route", deliveries)
+                return None
             await msg.nak(delay=min(30.0, 0.5 * 2 ** (deliveries - 1)))
             return None
         if bus.wants("route"):

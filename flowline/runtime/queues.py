@@ -68,7 +68,7 @@ class QueueHandle:
 
     async def job(self, job_id: str) -> JobInfo | None:
         """The job's record, or None when there is none (never existed, or expired)."""
-        raw = await self._redis.hgetall(self.keys.job(job_id))
+        raw: dict[bytes, bytes] = await self._redis.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
         if not raw:
             return None
         h = {k.decode(): v.decode() for k, v in raw.items()}

@@ -64,7 +64,7 @@ async def connect_nats(settings: Settings) -> NATS:
             error_cb=on_error,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
-            **settings.nats_connect_options(),  # type: ignore[arg-type]
+            **settings.nats_connect_options(),
         )
         # ...then, once connected, reconnect forever: a NATS restart must never stop a worker.
         nc.options["max_reconnect_attempts"] = -1

@@ -159,8 +159,12 @@ class QueueWorker:
                     self._start(backlog.popleft())
                 continue
             try:
-                reply = await self.redis.xreadgroup(
-                    GROUP, self.consumer, streams, count=min(free, self.opts.batch), block=500
+                reply: Any = await self.redis.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    streams,  # type: ignore[arg-type]  # redis-py wants an invariant dict type
+                    count=min(free, self.opts.batch),
+                    block=500,
                 )
                 failures = 0
             except ResponseError as exc:
