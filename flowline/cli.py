@@ -63,6 +63,8 @@ tls_option = click.option(
 @click.version_option(package_name="flowline")
 def main() -> None:
     """flowline: Stream >> Route >> Queue pipelines on NATS JetStream and Redis."""
+    # Logs go to stderr, so `--json` output on stdout stays machine-readable; `worker` reconfigures.
+    _logging.configure(level="WARNING")
 
 
 @main.command()

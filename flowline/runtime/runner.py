@@ -112,6 +112,7 @@ class Runner:
         self.redis: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer = consumer_name()
+        self._known_streams: set[str] = set()
 
     async def start(self) -> None:
         """Connect, create streams, consumers and queue groups, and start every loop."""
@@ -229,7 +230,9 @@ class Runner:
             raise PipelineError(f"pipeline {pipeline.name!r} has no Stream to publish to")
         js = await self._jetstream()
         payload = _encode(stream, event)
-        await ensure_stream(js, stream.subject)
+        if stream.subject not in self._known_streams:
+            await ensure_stream(js, stream.subject)
+            self._known_streams.add(stream.subject)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         ack = await js.publish(stream.subject, payload, headers=headers)
         return int(ack.seq)

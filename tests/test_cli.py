@@ -1,0 +1,124 @@
+"""The `flowline` command: dead-letter inspection, replay and purge, and publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+from flowline.runtime.keys import QueueKeys, stream_dead_letters
+
+from .conftest import ROOT, eventually, runs
+
+APP = "tests.apps.recorder:pipeline"
+Q = QueueKeys("recorder")
+
+
+def cli(servers, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flowline", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **servers.env(), "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+async def run_cli(servers, *args: str, env: dict[str, str] | None = None):
+    return await asyncio.to_thread(cli, servers, *args, env=env)
+
+
+async def test_dlq_list_replay_and_purge(worker, servers, js, redis):
+    """Dead letters are listed, a replayed job runs again through its queue, purge removes them."""
+    proc = worker(APP, env={"FLOWLINE_TEST_RETRIES": "0"})
+    await proc.ready()
+    await js.publish(
+        "recorder", json.dumps({"jobs": [{"topic": "flaky", "data": {"succeed_on": 2}}]}).encode()
+    )
+    await js.publish("recorder", b"not json")
+    await eventually(lambda: redis.xlen(Q.dead))
+    await eventually(lambda: redis.xlen(stream_dead_letters("recorder-recorder").dead))
+
+    listed = await run_cli(servers, "dlq", "list", APP, "--json")
+    assert listed.returncode == 0, listed.stderr
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(x["stage"] for x in letters) == ["decode", "job"]
+    job_letter = next(x for x in letters if x["stage"] == "job")
+    assert job_letter["topic"] == "flaky" and "flaky failure on attempt 1" in job_letter["error"]
+    human = await run_cli(servers, "dlq", "list", APP)
+    assert "flaky" in human.stdout and "decode" in human.stdout
+
+    replayed = await run_cli(servers, "dlq", "replay", APP, job_letter["id"])
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1" in replayed.stdout
+    # The replay is attempt 1 again, fails (succeed_on=2, retries=0) and is dead-lettered anew.
+    await eventually(lambda: _starts(redis, "flaky", 2))
+    await eventually(lambda: redis.xlen(Q.dead))
+
+    missing = await run_cli(servers, "dlq", "replay", APP, "0-1")
+    assert missing.returncode != 0 and "no dead letter with id 0-1" in missing.stderr
+    nothing = await run_cli(servers, "dlq", "purge", APP)
+    assert nothing.returncode != 0 and "pass --all" in nothing.stderr
+
+    purged = await run_cli(servers, "dlq", "purge", APP, "--all")
+    assert purged.returncode == 0 and "purged 2" in purged.stdout
+    after = await run_cli(servers, "dlq", "list", APP, "--json")
+    assert after.stdout.strip() == ""
+
+
+async def test_replayed_message_goes_back_through_the_stream(worker, servers, js, redis):
+    """A dead-lettered message, replayed after the cause is fixed, is routed and its jobs run."""
+    proc = worker(APP, env={"FLOWLINE_TEST_MAX_DELIVER": "1"})
+    await proc.ready()
+    await js.publish(
+        "recorder", json.dumps({"raise": "db down", "jobs": [{"topic": "record"}]}).encode()
+    )
+    dead_key = stream_dead_letters("recorder-recorder").dead
+    [(entry, fields)] = await eventually(lambda: redis.xrange(dead_key))
+    record = json.loads(fields[b"record"])
+    assert record["stage"] == "route" and "db down" in record["error"]
+    # "Fix the cause": replaying re-publishes the same payload; this router raises on it again,
+    # which proves the replay went through the stream and the route stage once more.
+    replayed = await run_cli(servers, "dlq", "replay", APP, "--all")
+    assert "replayed 1" in replayed.stdout
+    await eventually(lambda: _dead_count(redis, dead_key, 1), timeout=20)
+    [(entry2, fields2)] = await redis.xrange(dead_key)
+    assert entry2 != entry  # a new dead letter, not the old one left in place
+    assert json.loads(fields2[b"record"])["sequence"] == 2
+
+
+async def test_publish_command_encodes_json_with_the_stream_type(worker, servers, redis):
+    """`flowline publish` encodes a JSON object as the pipeline's protobuf and dedups by msg id."""
+    proc = worker("examples.fanbase.pipeline:pipeline")
+    await proc.ready()
+    event = json.dumps({"fan": "fan-3", "talent": "talent-2", "action": "unfollowed"})
+    first = await run_cli(
+        servers, "publish", "examples.fanbase.pipeline:pipeline", "--json", event, "--msg-id", "m1"
+    )
+    again = await run_cli(
+        servers, "publish", "examples.fanbase.pipeline:pipeline", "--json", event, "--msg-id", "m1"
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == again.stdout.strip() == "published as sequence 1"
+    key = QueueKeys("fanbase-notifications").job("fanbase:1:0")
+    await eventually(lambda: _state(redis, key, b"completed"))
+    result = json.loads(await redis.hget(key, "result"))
+    assert result["subject"] == "You've stopped following Miles Davis!"
+    bad = await run_cli(servers, "publish", "examples.fanbase.pipeline:pipeline", "--json", "{nope")
+    assert bad.returncode != 0 and "not JSON" in bad.stderr
+
+
+async def _starts(redis, topic: str, n: int) -> bool:
+    return len([r for r in await runs(redis) if r["topic"] == topic and r["event"] == "start"]) >= n
+
+
+async def _dead_count(redis, key: str, n: int) -> bool:
+    entries = await redis.xrange(key)
+    return len(entries) == n and json.loads(entries[0][1][b"record"])["sequence"] == 2
+
+
+async def _state(redis, key: str, state: bytes) -> bool:
+    return await redis.hget(key, "state") == state
