@@ -234,6 +234,7 @@ class Pipeline:
         *,
         key: str | None = None,
         delay: float | None = None,
+        priority: int = 0,
         redis_url: str | None = None,
     ) -> str:
         """`enqueue` for code that is not async (a Django view); needs no running `Runner`.
@@ -241,18 +242,15 @@ class Pipeline:
         Args:
             redis_url: where the queue lives; default ``FLOWLINE_REDIS_URL`` or localhost.
         """
-        import time
-
         from redis import Redis as SyncRedis
 
         from ._settings import Settings
         from ._stages import Job
-        from .runtime.enqueue import plan, write_sync
+        from .runtime.enqueue import direct, write_sync
 
-        url = redis_url or Settings.from_env().redis_url
-        base = f"direct:{time.time_ns()}"
-        rows = plan(self, [Job(topic, data, delay=delay, key=key)], base, "direct", "enqueue")
-        client = SyncRedis.from_url(url)
+        settings = Settings.from_env(redis_url=redis_url)
+        rows = direct(self, Job(topic, data, delay=delay, key=key, priority=priority))
+        client = SyncRedis.from_url(settings.redis_url, **settings.redis_connect_options())
         try:
             write_sync(client, rows)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,6 +63,11 @@ def plan(
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
         rows.append(Planned(topic.queue.name, job_id, job.topic, data, due, origin, job.priority))
     return rows
+
+
+def direct(pipeline: Pipeline, job: Job) -> list[Planned]:
+    """The row of one job enqueued without a stream: a unique id, or ``key:<key>`` if keyed."""
+    return plan(pipeline, [job], f"direct:{uuid.uuid4().hex}", "direct", "enqueue")
 
 
 def _calls(rows: list[Planned]) -> list[tuple[list[str], list[str | int]]]:

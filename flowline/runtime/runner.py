@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,8 +27,7 @@ from ..errors import ConfigurationError, PipelineError
 from . import deadletters
 from .cron import CronSource
 from .emit import Emitter
-from .enqueue import plan as plan_jobs
-from .enqueue import write
+from .enqueue import direct, write
 from .ingest import StreamIngest, ensure_stream
 from .scripts import Scripts
 from .worker import QueueWorker, consumer_name
@@ -252,9 +250,7 @@ class Runner:
         With `key`, enqueueing the same key again (a retried HTTP request) is a no-op.
         """
         assert self.redis is not None
-        base = f"direct:{time.time_ns()}:{id(self) & 0xFFFF}"
-        job = Job(topic, data, delay=delay, key=key, priority=priority)
-        rows = plan_jobs(pipeline, [job], base, "direct", "enqueue")
+        rows = direct(pipeline, Job(topic, data, delay=delay, key=key, priority=priority))
         await write(self.redis, self.scripts, rows)
         return rows[0].id
 
