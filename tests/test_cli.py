@@ -47,9 +47,11 @@ async def test_dlq_list_replay_and_purge(worker, servers, js, redis):
     letters = [json.loads(line) for line in listed.stdout.splitlines()]
     assert sorted(x["stage"] for x in letters) == ["decode", "job"]
     job_letter = next(x for x in letters if x["stage"] == "job")
-    assert job_letter["topic"] == "flaky" and "flaky failure on attempt 1" in job_letter["error"]
+    assert job_letter["topic"] == "flaky"
+    assert "flaky failure on attempt 1" in job_letter["error"]
     human = await run_cli(servers, "dlq", "list", APP)
-    assert "flaky" in human.stdout and "decode" in human.stdout
+    assert "flaky" in human.stdout
+    assert "decode" in human.stdout
 
     replayed = await run_cli(servers, "dlq", "replay", APP, job_letter["id"])
     assert replayed.returncode == 0, replayed.stderr
@@ -59,12 +61,15 @@ async def test_dlq_list_replay_and_purge(worker, servers, js, redis):
     await eventually(lambda: redis.xlen(Q.dead))
 
     missing = await run_cli(servers, "dlq", "replay", APP, "0-1")
-    assert missing.returncode != 0 and "no dead letter with id 0-1" in missing.stderr
+    assert missing.returncode != 0
+    assert "no dead letter with id 0-1" in missing.stderr
     nothing = await run_cli(servers, "dlq", "purge", APP)
-    assert nothing.returncode != 0 and "pass --all" in nothing.stderr
+    assert nothing.returncode != 0
+    assert "pass --all" in nothing.stderr
 
     purged = await run_cli(servers, "dlq", "purge", APP, "--all")
-    assert purged.returncode == 0 and "purged 2" in purged.stdout
+    assert purged.returncode == 0
+    assert "purged 2" in purged.stdout
     after = await run_cli(servers, "dlq", "list", APP, "--json")
     assert after.stdout.strip() == ""
 
@@ -79,7 +84,8 @@ async def test_replayed_message_goes_back_through_the_stream(worker, servers, js
     dead_key = stream_dead_letters("recorder-recorder").dead
     [(entry, fields)] = await eventually(lambda: redis.xrange(dead_key))
     record = json.loads(fields[b"record"])
-    assert record["stage"] == "route" and "db down" in record["error"]
+    assert record["stage"] == "route"
+    assert "db down" in record["error"]
     # "Fix the cause": replaying re-publishes the same payload; this router raises on it again,
     # which proves the replay went through the stream and the route stage once more.
     replayed = await run_cli(servers, "dlq", "replay", APP, "--all")
@@ -108,7 +114,8 @@ async def test_publish_command_encodes_json_with_the_stream_type(worker, servers
     result = json.loads(await redis.hget(key, "result"))
     assert result["subject"] == "You've stopped following Miles Davis!"
     bad = await run_cli(servers, "publish", "examples.fanbase.pipeline:pipeline", "--json", "{nope")
-    assert bad.returncode != 0 and "not JSON" in bad.stderr
+    assert bad.returncode != 0
+    assert "not JSON" in bad.stderr
 
 
 async def _starts(redis, topic: str, n: int) -> bool:
