@@ -4,30 +4,33 @@
 # source: fanbase.proto
 # Protobuf Python Version: 7.36.2
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 36, 2, "", "fanbase.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    36,
+    2,
+    '',
+    'fanbase.proto'
 )
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\rfanbase.proto\x12\x07\x66\x61nbase";\n\x0c\x46\x61nbaseEvent\x12\x0b\n\x03\x66\x61n\x18\x01 \x01(\t\x12\x0e\n\x06talent\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\tb\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rfanbase.proto\x12\x07\x66\x61nbase\";\n\x0c\x46\x61nbaseEvent\x12\x0b\n\x03\x66\x61n\x18\x01 \x01(\t\x12\x0e\n\x06talent\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "fanbase_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fanbase_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_FANBASEEVENT"]._serialized_start = 26
-    _globals["_FANBASEEVENT"]._serialized_end = 85
+  DESCRIPTOR._loaded_options = None
+  _globals['_FANBASEEVENT']._serialized_start=26
+  _globals['_FANBASEEVENT']._serialized_end=85
 # @@protoc_insertion_point(module_scope)
