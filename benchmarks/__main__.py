@@ -1,0 +1,398 @@
+"""flowline next to hand-written baselines, measured in the same run on the same servers.
+
+    python -m benchmarks            # full run, about 3 minutes on 2 cores
+    python -m benchmarks --quick    # smoke run, about 30 s
+    nox -s bench -- --quick
+
+What is measured (every side runs in a fresh Python process; the servers are shared):
+
+1. ingest, events/s: N "followed" FanbaseEvents are stored on a JetStream stream first; then
+   a side fetches, decodes, routes each into 2 jobs, enqueues them with the ENQUEUE script
+   and acks, until JetStream's ack floor reaches N. flowline runs `StreamIngest` with the fanbase
+   example's stream and router; the baseline is a bare nats-py + redis-py loop making the very same
+   Redis calls, so the ratio is flowline's own overhead. Target: ratio >= 0.9.
+2. worker, jobs/s: a queue is prefilled with N no-op jobs; a side drains it. flowline runs
+   `QueueWorker` (concurrency 50, batch 100). Baselines: ``raw`` reads and XACKs (a floor no
+   job queue reaches: it records nothing), ``same`` reads and completes with flowline's own
+   COMPLETE script (same Redis work: the ratio shows what flowline's Python adds) and stock
+   taskiq.
+   BullMQ's figure is a reference measured elsewhere, not in this run. Target: >= BullMQ.
+3. latency, ms: a publisher publishes events at a steady rate, each stamped with the time of
+   its publish; one process runs stream ingest and queue worker, and the handler records how
+   long after the publish it ran (both jobs of every event). Targets: p50 <= 2, p99 <= 10.
+
+How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
+the order is reversed every other round), so slow drift of the machine touches every side alike.
+"ratio" is flowline / baseline: above 1 is better for throughput, below 1 is better for
+latency. The per-round values below the table show how noisy the machine was; a loaded
+machine (see the load average) widens them. Each throughput line also says how many cores
+the side's own process kept busy: well under 1 means it mostly waited for a server.
+
+Redis runs with AOF and ``appendfsync everysec`` here, though `LocalServers` defaults to
+``always``: with ``always`` every write waits for the disk's fsync, so the figures measure the
+disk (and whatever else writes to it) more than the code. ``--redis-fsync always`` measures
+that setting anyway; the mode in force is printed with the machine's context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from redis.asyncio import Redis
+
+from flowline.servers import LocalServers
+
+from . import ingest, latency, side, worker
+
+# BullMQ's Node worker at concurrency 50, measured elsewhere on a machine where the raw
+# XREADGROUP + XACK loop made about 120k jobs/s: a reference, not a side of this run.
+BULLMQ_JOBS_PER_S = 17_600
+BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
+FIGURES = ("ingest", "worker", "latency")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each figure does, and how many alternating rounds it takes."""
+
+    rounds: int
+    events: int
+    jobs: int
+    taskiq_jobs: int
+    latency_seconds: float
+    latency_rounds: int
+    rate: float
+
+
+FULL = Sizes(
+    rounds=3, events=30_000, jobs=50_000, taskiq_jobs=3_000, latency_seconds=5.0,
+    latency_rounds=3, rate=500.0,
+)  # fmt: skip
+QUICK = Sizes(
+    rounds=1, events=5_000, jobs=10_000, taskiq_jobs=1_000, latency_seconds=2.0,
+    latency_rounds=1, rate=500.0,
+)  # fmt: skip
+
+
+@dataclass
+class Row:
+    """One line of the table: flowline's samples against one baseline's."""
+
+    figure: str
+    unit: str
+    baseline: str
+    flowline: list[float]
+    base: list[float]
+    target: str = ""
+    # (flowline median, baseline median) -> whether the target is met; None: no target.
+    check: Callable[[float, float], bool] | None = None
+    reference: bool = False  # the baseline is a figure measured elsewhere, not a side here
+
+    @property
+    def ratio(self) -> float:
+        base = statistics.median(self.base)
+        return statistics.median(self.flowline) / base if base else float("nan")
+
+    def met(self) -> bool | None:
+        if self.check is None:
+            return None
+        return bool(self.check(statistics.median(self.flowline), statistics.median(self.base)))
+
+
+def alternate(names: list[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, side) in the order A B C, C B A, A B C... so drift hits every side alike."""
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            yield r, name
+
+
+class Bench:
+    """Runs the figures on one set of servers and collects the rows of the table."""
+
+    def __init__(self, servers: LocalServers, sizes: Sizes, profile: Path | None) -> None:
+        self.servers = servers
+        self.sizes = sizes
+        self.profile = profile
+        self.urls = {"nats_url": servers.nats_url, "redis_url": servers.redis_url}
+        self.notes: list[str] = []
+
+    def _profile(self, figure: str, name: str, r: int) -> str | None:
+        if self.profile is None or name != "flowline":
+            return None
+        return str(self.profile / f"{figure}-{name}-{r + 1}.prof")
+
+    def _say(self, figure: str, r: int, rounds: int, name: str, text: str) -> None:
+        print(f"  {figure:<8} round {r + 1}/{rounds}  {name:<9} {text}", flush=True)
+
+    def ingest(self) -> list[Row]:
+        s = self.sizes
+        samples: dict[str, list[float]] = {"flowline": [], "raw": []}
+        for r, name in alternate(list(samples), s.rounds):
+            asyncio.run(ingest.prepare(events=s.events, **self.urls))
+            res = side.run(
+                "ingest", name, {"events": s.events, **self.urls}, timeout=300,
+                profile=self._profile("ingest", name, r),
+            )  # fmt: skip
+            if res["jobs"] != 2 * s.events:
+                raise RuntimeError(f"ingest/{name} wrote {res['jobs']} jobs, not {2 * s.events}")
+            samples[name].append(res["rate"])
+            self._say("ingest", r, s.rounds, name, _rate(res, "events/s"))
+        return [
+            Row("ingest", "events/s", "nats-py + redis-py loop", samples["flowline"],
+                samples["raw"], ">= 0.90x", check=lambda f, b: f >= 0.9 * b),
+        ]  # fmt: skip
+
+    def worker(self) -> list[Row]:
+        s = self.sizes
+        samples: dict[str, list[float]] = {"flowline": [], "raw": [], "same": [], "taskiq": []}
+        for r, name in alternate(list(samples), s.rounds):
+            jobs = s.taskiq_jobs if name == "taskiq" else s.jobs
+            params = {"jobs": jobs, **self.urls}
+            if name == "taskiq":
+                side.run("worker", "taskiq_kick", params, timeout=300)
+            else:
+                asyncio.run(worker.prepare(**params))
+            res = side.run(
+                "worker", name, params, timeout=300, profile=self._profile("worker", name, r)
+            )
+            if res["completed"] != jobs:
+                raise RuntimeError(f"worker/{name} completed {res['completed']} of {jobs} jobs")
+            samples[name].append(res["rate"])
+            self._say("worker", r, s.rounds, name, _rate(res, "jobs/s"))
+        fl = samples["flowline"]
+        floor = statistics.median(samples["raw"])
+        scaled = BULLMQ_JOBS_PER_S * floor / BULLMQ_MACHINE_RAW_JOBS_PER_S
+        self.notes.append(
+            f"BullMQ's {BULLMQ_JOBS_PER_S:,} jobs/s comes from a machine whose raw floor was "
+            f"~{BULLMQ_MACHINE_RAW_JOBS_PER_S:,} jobs/s; scaled by this run's floor "
+            f"({floor:,.0f}) it would be ~{scaled:,.0f} jobs/s here (a rough proxy)."
+        )
+        return [
+            Row("worker", "jobs/s", "XREADGROUP + XACK (floor)", fl, samples["raw"]),
+            Row("worker", "jobs/s", "same Redis work (COMPLETE)", fl, samples["same"]),
+            Row("worker", "jobs/s", "stock taskiq Receiver", fl, samples["taskiq"]),
+            Row("worker", "jobs/s", "BullMQ, reference only", fl, [BULLMQ_JOBS_PER_S],
+                ">= 1.00x", check=lambda f, b: f >= b, reference=True),
+        ]  # fmt: skip
+
+    def latency(self) -> list[Row]:
+        s = self.sizes
+        events = max(1, int(s.rate * s.latency_seconds))
+        samples: dict[str, list[dict[str, float]]] = {"flowline": [], "raw": []}
+        for r, name in alternate(list(samples), s.latency_rounds):
+            asyncio.run(latency.prepare(**self.urls))
+            running = side.Running(
+                "latency", name, {"events": events, "limit": 120.0, **self.urls},
+                self._profile("latency", name, r),
+            )  # fmt: skip
+            try:
+                running.wait_ready()
+                side.run(
+                    "latency", "publish",
+                    {"nats_url": self.servers.nats_url, "events": events, "rate": s.rate},
+                    timeout=s.latency_seconds + 60,
+                )  # fmt: skip
+                res = running.result(timeout=150)
+            finally:
+                running.kill()
+            if res["count"] != 2 * events:
+                raise RuntimeError(f"latency/{name} saw {res['count']} of {2 * events} jobs")
+            samples[name].append(res)
+            text = f"p50 {res['p50']:.2f}  p99 {res['p99']:.2f}  max {res['max']:.1f} ms"
+            self._say("latency", r, s.latency_rounds, name, text)
+
+        def stat(name: str, key: str) -> list[float]:
+            return [res[key] for res in samples[name]]
+
+        base = "fetch/enqueue/XREADGROUP loop"
+        return [
+            Row("latency p50", "ms", base, stat("flowline", "p50"), stat("raw", "p50"),
+                "<= 2 ms", check=lambda f, b: f <= 2.0),
+            Row("latency p99", "ms", base, stat("flowline", "p99"), stat("raw", "p99"),
+                "<= 10 ms", check=lambda f, b: f <= 10.0),
+            Row("latency max", "ms", base, stat("flowline", "max"), stat("raw", "max")),
+        ]  # fmt: skip
+
+
+async def machine(servers: LocalServers) -> list[tuple[str, str]]:
+    """What the figures depend on: cores, load, Python, server and library versions."""
+    nc = await nats.connect(servers.nats_url)
+    v = nc.connected_server_version
+    nats_version = f"{v.major}.{v.minor}.{v.patch}"
+    await nc.close()
+    redis = Redis.from_url(servers.redis_url)
+    info = await redis.info("server")
+    aof = (await redis.config_get("appendonly"))["appendonly"]
+    fsync = (await redis.config_get("appendfsync"))["appendfsync"]
+    await redis.aclose()
+    cpu = _cpu_model()
+
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "-"
+
+    libs = ", ".join(
+        f"{d} {version(d)}"
+        for d in ("flowline", "nats-py", "redis", "hiredis", "protobuf", "taskiq", "taskiq-redis")
+    )
+    return [
+        ("cores", f"{os.cpu_count()} ({cpu or platform.machine()})"),
+        ("load average", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+        ("python", f"{platform.python_implementation()} {platform.python_version()}"),
+        ("nats-server", f"{nats_version} (JetStream, file storage)"),
+        ("redis-server", str(info.get("redis_version"))),
+        ("redis persistence", f"appendonly {aof}, appendfsync {fsync}"),
+        ("libraries", libs),
+    ]
+
+
+def _rate(res: dict[str, float], unit: str) -> str:
+    return f"{res['rate']:>9,.0f} {unit:<8}  (its process kept {res['cpu']:.2f} cores busy)"
+
+
+def describe(s: Sizes) -> str:
+    return (
+        f"{s.rounds} rounds; ingest {s.events:,} events; worker {s.jobs:,} jobs "
+        f"(taskiq {s.taskiq_jobs:,}); latency {s.latency_rounds} rounds of "
+        f"{s.latency_seconds:g} s at {s.rate:g} events/s"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:,.2f}" if unit == "ms" else f"{value:,.0f}"
+
+
+def table(rows: list[Row]) -> str:
+    """The table: medians, ratio flowline/baseline, target and whether it was met."""
+    head = ("figure", "unit", "flowline", "baseline", "ratio", "baseline is", "target", "")
+    lines = []
+    for row in rows:
+        met = row.met()
+        lines.append((
+            row.figure, row.unit,
+            _fmt(statistics.median(row.flowline), row.unit),
+            _fmt(statistics.median(row.base), row.unit),
+            f"{row.ratio:.2f}x", row.baseline, row.target,
+            "" if met is None else ("met" if met else "MISSED"),
+        ))  # fmt: skip
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *lines, strict=True)]
+    right = {2, 3, 4}
+
+    def render(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([render(head), rule, *(render(line) for line in lines)])
+
+
+def rounds_detail(rows: list[Row]) -> str:
+    """Every round's values and ratios, so the spread behind each median can be judged."""
+    width = max(len(row.baseline) for row in rows)
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        if row.figure not in seen:
+            seen.add(row.figure)
+            out.append(
+                f"  {row.figure:<12} {'flowline':<{width}}  {_values(row.flowline, row.unit)}"
+            )
+        if not row.reference:
+            out.append(f"  {row.figure:<12} {row.baseline:<{width}}  {_values(row.base, row.unit)}")
+            ratios = ", ".join(
+                f"{f / b:.2f}x" for f, b in zip(row.flowline, row.base, strict=True) if b
+            )
+            out.append(f"  {row.figure:<12} {'  flowline / that':<{width}}  {ratios}")
+    return "\n".join(out)
+
+
+def _values(values: list[float], unit: str) -> str:
+    return ", ".join(_fmt(v, unit) for v in values)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="flowline against hand-written baselines, side by side in one run.",
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes, one round (~30 s)")
+    p.add_argument(
+        "--only", action="append", choices=FIGURES, help="run this figure only (repeatable)"
+    )
+    p.add_argument("--rounds", type=int, help="alternating rounds of the throughput figures")
+    p.add_argument("--events", type=int, help="events pre-published for the ingest figure")
+    p.add_argument("--jobs", type=int, help="jobs prefilled for the worker figure")
+    p.add_argument("--taskiq-jobs", type=int, help="jobs for the (slower) taskiq side")
+    p.add_argument("--latency-seconds", type=float, help="how long the latency publisher runs")
+    p.add_argument("--latency-rounds", type=int, help="alternating rounds of the latency figure")
+    p.add_argument("--rate", type=float, help="latency publisher's events per second")
+    p.add_argument(
+        "--redis-fsync", choices=("always", "everysec", "no"), default="everysec",
+        help="Redis appendfsync (default everysec; with always, writes wait for the disk)",
+    )  # fmt: skip
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="run flowline's sides under cProfile, writing .prof files to DIR "
+                        "(slows flowline: ratios are then meaningless)")  # fmt: skip
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    base = QUICK if args.quick else FULL
+    sizes = Sizes(**{
+        name: getattr(args, name) if getattr(args, name) is not None else getattr(base, name)
+        for name in Sizes.__dataclass_fields__
+    })  # fmt: skip
+    figures = [f for f in FIGURES if f in (args.only or FIGURES)]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with LocalServers(redis_fsync=args.redis_fsync) as servers:
+        context = asyncio.run(machine(servers))
+        print("flowline benchmark\n")
+        for key, value in context:
+            print(f"  {key:<18} {value}")
+        print(f"  {'sizes':<18} {describe(sizes)}\n", flush=True)
+        bench = Bench(servers, sizes, args.profile)
+        rows: list[Row] = []
+        for figure in figures:
+            rows += getattr(bench, figure)()
+    print("\nmedians of alternating rounds; ratio = flowline / baseline "
+          "(throughput: higher is better; latency: lower is better)\n")  # fmt: skip
+    print(table(rows))
+    for note in bench.notes:
+        print(f"\nnote: {note}")
+    print("\nper round:")
+    print(rounds_detail(rows))
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"took {time.monotonic() - started:.0f} s")  # fmt: skip
+    if args.profile:
+        print(f"profiles: {args.profile}/*.prof (python -m pstats FILE)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""What every figure shares: the fanbase events and jobs, resetting the servers, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.js.errors
+from nats.js.api import StorageType, StreamConfig
+from redis.asyncio import Redis
+
+from examples.fanbase.fanbase_pb2 import FanbaseEvent
+from flowline.runtime.ingest import stream_name_for
+
+FOLLOWED = ("notify-fan-following", "notify-talent-following")
+
+
+def event(i: int, *, fan: str | None = None) -> bytes:
+    """The i-th "followed" event, encoded."""
+    return FanbaseEvent(
+        fan=fan or f"fan-{i}", talent=f"talent-{i % 100}", action="followed"
+    ).SerializeToString()
+
+
+def fanbase_rows(stream: str, seq: int, ev: FanbaseEvent) -> list[str | int]:
+    """ENQUEUE ARGV rows (id, topic, data, due, origin) of the fanbase router, written by hand.
+
+    Same ids (``<stream>:<seq>:<index>``) and the same compact JSON as flowline writes, so the
+    Redis work of a baseline equals flowline's.
+    """
+    if ev.action != "followed":
+        return []
+    data = json.dumps({"fan": ev.fan, "talent": ev.talent}, separators=(",", ":"))
+    return [
+        f"{stream}:{seq}:0", FOLLOWED[0], data, 0, "stream",
+        f"{stream}:{seq}:1", FOLLOWED[1], data, 0, "stream",
+    ]  # fmt: skip
+
+
+async def reset(nats_url: str, redis_url: str, subject: str | None = None) -> None:
+    """Empty Redis, and recreate `subject`'s stream as flowline would create it (empty)."""
+    redis = Redis.from_url(redis_url)
+    await redis.flushall()
+    await redis.aclose()
+    if subject is None:
+        return
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    name = stream_name_for(subject)
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_stream(name)
+    config = StreamConfig(
+        name=name, subjects=[subject], storage=StorageType.FILE, duplicate_window=120.0
+    )
+    await js.add_stream(config)
+    await nc.close()
+
+
+async def prepublish(nats_url: str, subject: str, payloads: list[bytes]) -> None:
+    """Put `payloads` on `subject`'s stream fast (core publish), then wait until all are stored."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    name = await js.find_stream_name_by_subject(subject)
+    for i, payload in enumerate(payloads):
+        await nc.publish(subject, payload)
+        if i % 5000 == 4999:
+            await nc.flush()
+    await nc.flush()
+
+    async def stored() -> bool:
+        return (await js.stream_info(name)).state.messages >= len(payloads)
+
+    await until(stored, within=60, what=f"{len(payloads)} messages stored on {name}")
+    await nc.close()
+
+
+class Window:
+    """The measured stretch of a side: wall-clock time and this process's CPU time."""
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._cpu = time.process_time()
+        self.wall = self.cpu = 0.0
+
+    def close(self) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+    def result(self, count: int, **extra: Any) -> dict[str, Any]:
+        """Throughput, and how many cores this process kept busy (1.0: CPU-bound)."""
+        return {"rate": count / self.wall, "cpu": self.cpu / self.wall, **extra}
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], *, within: float, what: str, every: float = 0.01
+) -> None:
+    """Poll `check` until it is true."""
+    deadline = time.perf_counter() + within
+    while True:
+        if await check():
+            return
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"timed out after {within:g} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest rank."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def summary(latencies_s: list[float]) -> dict[str, Any]:
+    """p50 / p99 / max in milliseconds."""
+    ms = [x * 1000 for x in latencies_s]
+    return {
+        "count": len(ms),
+        "p50": percentile(ms, 50),
+        "p99": percentile(ms, 99),
+        "max": max(ms),
+    }

@@ -1,0 +1,133 @@
+"""Figure 1, ingest: JetStream -> protobuf decode -> route into 2 jobs -> idempotent enqueue -> ack.
+
+The parent pre-publishes N "followed" events on an empty ``fanbase`` stream; each side then
+consumes all of them through its own durable pull consumer. The clock runs from the first fetch
+to the moment JetStream's ack floor reaches N (both sides poll ``consumer_info`` alike).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from redis.asyncio import Redis
+
+from examples.fanbase.fanbase_pb2 import FanbaseEvent
+from flowline.runtime.keys import QueueKeys
+from flowline.runtime.scripts import ENQUEUE
+
+from . import common
+
+SUBJECT = "fanbase"
+QUEUE = "fanbase-notifications"
+BATCH = 256
+
+
+async def prepare(nats_url: str, redis_url: str, events: int) -> None:
+    """Empty Redis and the stream, then store `events` events on it."""
+    await common.reset(nats_url, redis_url, SUBJECT)
+    await common.prepublish(nats_url, SUBJECT, [common.event(i) for i in range(events)])
+
+
+async def _acked_all(js: Any, stream: str, durable: str, events: int) -> None:
+    async def acked() -> bool:
+        info = await js.consumer_info(stream, durable)
+        return bool(info.ack_floor.stream_seq >= events)
+
+    await common.until(acked, within=300, what=f"{events} acks")
+
+
+async def _noop(job: Any) -> None:
+    return None
+
+
+async def _jobs(redis: Redis) -> int:
+    return int(await redis.xlen(QueueKeys(QUEUE).jobs))
+
+
+async def flowline(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
+    """flowline's `StreamIngest` on the fanbase example's stream and router (stream side only).
+
+    The pipeline is rebuilt here, not imported, so the example may grow without changing what
+    this figure measures; its handlers never run, so they are no-ops.
+    """
+    from examples.fanbase.pipeline import router
+    from flowline import Queue, Route, Settings, Stream
+    from flowline.runtime.ingest import StreamIngest
+    from flowline.runtime.runner import connect_nats, connect_redis
+    from flowline.runtime.scripts import Scripts
+
+    pipeline = Stream(SUBJECT, FanbaseEvent) >> Route(router) >> Queue(QUEUE)
+    for topic in (*common.FOLLOWED, "confirm-fan-unfollowing"):
+        pipeline.dequeue(topic, _noop)
+    settings = Settings(nats_url=nats_url, redis_url=redis_url)
+    nc = await connect_nats(settings)
+    js = nc.jetstream()
+    redis = await connect_redis(settings)
+    source = pipeline.source
+    ingest = StreamIngest(pipeline, source, js, redis, Scripts(redis))  # type: ignore[arg-type]
+    await ingest.setup()
+    stop = asyncio.Event()
+    window = common.Window()
+    task = asyncio.create_task(ingest.run(stop))
+    await _acked_all(js, ingest.stream_name, ingest.durable, events)
+    window.close()
+    stop.set()
+    await task
+    jobs = await _jobs(redis)
+    await nc.close()
+    await redis.aclose()
+    return window.result(events, jobs=jobs)
+
+
+async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
+    """Hand-written nats-py + redis-py: fetch, FromString, the same ENQUEUE call, ack."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    redis = Redis.from_url(redis_url)
+    script = redis.register_script(ENQUEUE)
+    keys = QueueKeys(QUEUE)
+    stream = await js.find_stream_name_by_subject(SUBJECT)
+    durable = "bench-raw"
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+        filter_subject=SUBJECT,
+    )
+    sub = await js.pull_subscribe(SUBJECT, durable=durable, stream=stream, config=config)
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(BATCH, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            args: list[str | int] = [keys.job_prefix, str(int(time.time() * 1000))]
+            for msg in msgs:
+                ev = FanbaseEvent.FromString(msg.data)
+                args += common.fanbase_rows(stream, msg.metadata.sequence.stream, ev)
+            await script(keys=[keys.jobs, keys.delayed], args=args)
+            for msg in msgs:
+                await msg.ack()
+
+    window = common.Window()
+    task = asyncio.create_task(consume())
+    await _acked_all(js, stream, durable, events)
+    window.close()
+    stop.set()
+    await task
+    jobs = await _jobs(redis)
+    await nc.close()
+    await redis.aclose()
+    return window.result(events, jobs=jobs)
+
+
+SIDES = {"flowline": flowline, "raw": raw}
