@@ -1,5 +1,6 @@
 """flowline: composable ``Stream >> Route >> Queue`` pipelines on NATS JetStream and Redis."""
 
+from ._broker import FlowlineBroker, compile_broker
 from ._events import Event
 from ._pipeline import Pipeline, Pipelines
 from ._settings import Settings
@@ -44,6 +45,9 @@ __all__ = [
     "Runner",
     "Settings",
     "connect",
+    # taskiq
+    "FlowlineBroker",
+    "compile_broker",
     # signals a handler raises
     "Fail",
     "Retry",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._stages import Job, seconds
 from ..errors import SerializationError, UnknownTopicError
@@ -21,8 +20,7 @@ if TYPE_CHECKING:
     from .._pipeline import Pipeline
 
 
-@dataclass(frozen=True, slots=True)
-class Planned:
+class Planned(NamedTuple):
     """A job ready to be written: its queue, stable id, topic and encoded data."""
 
     queue: str
@@ -43,8 +41,10 @@ def plan(
         UnknownTopicError: a job's topic has no handler in the pipeline.
         SerializationError: a job's data is not JSON-serialisable.
     """
-    now = time.time()
     rows = []
+    # Routers often give several jobs the same data object: encode it once (ids are stable
+    # while `jobs` holds the objects).
+    encoded: dict[int, str] = {}
     for index, job in enumerate(jobs):
         topic = pipeline.topics.get(job.topic)
         if topic is None:
@@ -54,12 +54,14 @@ def plan(
                 f"add @pipeline.dequeue({job.topic!r})",
                 stage=stage,
             )
-        try:
-            data = dumps(job.data, what=f"data of job {job.topic!r}")
-        except SerializationError as exc:
-            exc.add_note(f"[while running stage {stage!r}]")
-            raise
-        due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
+        data = encoded.get(id(job.data))
+        if data is None:
+            try:
+                data = encoded[id(job.data)] = dumps(job.data, what=f"data of job {job.topic!r}")
+            except SerializationError as exc:
+                exc.add_note(f"[while running stage {stage!r}]")
+                raise
+        due = 0 if not job.delay else int((time.time() + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
         rows.append(Planned(topic.queue.name, job_id, job.topic, data, due, origin, job.priority))
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterable, Iterable, Mapping
+from types import GeneratorType
 from typing import Any
 
 from .._stages import Job, Route
@@ -18,7 +19,10 @@ async def call_router(route: Route[Any], event: Any) -> list[Job]:
     """
     try:
         result = route.fn(event)
-        if inspect.isawaitable(result):
+        if type(result) is GeneratorType:
+            # The common case (a sync generator router), without the abstract-type checks below.
+            result = list(result)
+        elif inspect.isawaitable(result):
             result = await result
         if isinstance(result, AsyncIterable):
             result = [item async for item in result]
@@ -29,6 +33,8 @@ async def call_router(route: Route[Any], event: Any) -> list[Job]:
 
 def normalise(result: Any, stage: str) -> list[Job]:
     """Accepts `Job`, ``{"topic", "data"}``, ``{"jobs": [...]}``, an iterable of those, or None."""
+    if type(result) is list and all(type(item) is Job for item in result):
+        return result  # the fast path: a list of Job objects
     if result is None:
         return []
     if isinstance(result, Mapping) and "jobs" in result and "topic" not in result:
@@ -50,7 +56,7 @@ def normalise(result: Any, stage: str) -> list[Job]:
 
 
 def _as_job(item: Any, stage: str) -> Job:
-    if isinstance(item, Job):
+    if type(item) is Job or isinstance(item, Job):
         job = item
     elif isinstance(item, Mapping) and isinstance(item.get("topic"), str):
         extra = {k: item[k] for k in ("delay", "priority", "key") if k in item}

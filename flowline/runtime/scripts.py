@@ -40,9 +40,12 @@ return added
 # entry id, job id, result json.
 COMPLETE = """
 local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- One XACK and one XDEL for the whole batch: per-call overhead dominated per-entry calls.
+local entries = {}
+for i = 5, #ARGV, 3 do entries[#entries + 1] = ARGV[i] end
+redis.call('XACK', KEYS[1], group, unpack(entries))
+redis.call('XDEL', KEYS[1], unpack(entries))
 for i = 5, #ARGV, 3 do
-  redis.call('XACK', KEYS[1], group, ARGV[i])
-  redis.call('XDEL', KEYS[1], ARGV[i])
   local key = prefix .. ARGV[i + 1]
   redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished', now,
     'progress', 100)

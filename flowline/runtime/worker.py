@@ -168,7 +168,7 @@ class QueueWorker:
                 )
                 failures = 0
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
                     # Someone deleted the queue (FLUSHALL in tests, or an operator): recreate it.
                     await self.setup()
                     continue

@@ -1,0 +1,292 @@
+"""A flowline `Queue` compiled onto a taskiq broker, so taskiq's ecosystem can run its jobs.
+
+`compile_broker(pipeline)` gives a `FlowlineBroker` with one task per topic, named after it. It
+speaks the queue's own layout (`runtime.keys`) and scripts, so both sides mix freely: a job
+kicked with ``.kiq(data)`` is run by ``flowline worker``, and a job enqueued by flowline is run
+by ``taskiq worker module:broker``, inside taskiq's middlewares.
+
+Mapping: task name = topic, task id = job id (kicking one id twice enqueues one job), and the
+job data is the task's single positional argument, its keyword arguments as a dict, or None.
+Labels ``priority`` (> 0: the urgent stream) and ``delay`` (seconds) are honoured. Received
+messages carry label ``flowline_attempt`` and ``ack_type=when_saved``: the ack records the
+outcome, so it must come after the run.
+
+This is the compatible path, not the fast one: taskiq's receiver takes one message at a time
+and acknowledges each alone, where `runtime.worker.QueueWorker` completes jobs in batches.
+Both settle jobs with the same code (`QueueWorker`'s): retries, backoff, dead letters, events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from redis.exceptions import ResponseError
+from taskiq import AckableMessage, AsyncBroker, BrokerMessage, Context, TaskiqDepends
+from taskiq.message import TaskiqMessage
+
+from ._settings import Settings
+from .errors import JobError, JobTimeout, PipelineError, SerializationError
+from .runtime.enqueue import Planned, write
+from .runtime.job import JobContext, dumps, loads
+from .runtime.keys import GROUP
+from .runtime.runner import connect_redis
+from .runtime.scripts import Scripts, flat
+from .runtime.worker import QueueWorker, Running, consumer_name
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline, Topic
+    from ._stages import Queue
+
+log = structlog.get_logger("flowline.taskiq")
+
+# taskiq pulls one message at a time; a small batch saves round trips without hoarding jobs
+# that another worker could run.
+_READ_COUNT = 10
+# The task's way to pass the outcome to the ack: (encoded result, result), or the error.
+_Outcome = tuple[str, Any] | Exception
+
+
+class FlowlineBroker(AsyncBroker):
+    """A taskiq broker on one flowline queue: the same streams, scripts and job records."""
+
+    def __init__(self, pipeline: Pipeline, queue: Queue, settings: Settings) -> None:
+        super().__init__()
+        self.pipeline, self.queue, self.settings = pipeline, queue, settings
+        self.consumer = consumer_name()
+        self._worker: QueueWorker | None = None
+        self._outcomes: dict[str, _Outcome] = {}
+        self._next_upkeep = 0.0
+
+    async def _connect(self) -> QueueWorker:
+        """The `QueueWorker` this broker settles jobs with (it holds the Redis client)."""
+        if self._worker is None:
+            redis = await connect_redis(self.settings)
+            self._worker = QueueWorker(
+                self.pipeline, self.queue, redis, Scripts(redis), consumer=self.consumer
+            )
+        return self._worker
+
+    async def startup(self) -> None:
+        """Connect to Redis and create the queue's streams and consumer group if missing."""
+        await super().startup()
+        await (await self._connect()).setup()
+
+    async def shutdown(self) -> None:
+        """Run taskiq's shutdown hooks, then close the Redis connections."""
+        await super().shutdown()
+        if self._worker is not None:
+            await self._worker.redis.aclose()
+            self._worker = None
+
+    async def kick(self, message: BrokerMessage) -> None:
+        """Enqueue `message` as job `task_id` of topic `task_name`; a known id is a no-op.
+
+        Raises:
+            PipelineError: the task is no topic of this queue, or takes several arguments.
+            SerializationError: the job data is not JSON-serialisable.
+        """
+        topic = self.pipeline.topics.get(message.task_name)
+        if topic is None or topic.queue is not self.queue:
+            known = ", ".join(t for t, d in self.pipeline.topics.items() if d.queue is self.queue)
+            raise PipelineError(
+                f"task {message.task_name!r} is no topic of Queue({self.queue.name!r}) "
+                f"(its topics: {known or 'none'})"
+            )
+        msg = self.formatter.loads(message.message)
+        if len(msg.args) > 1 or (msg.args and msg.kwargs):
+            raise PipelineError(
+                f"task {topic.name!r} takes the job data as one argument (or keyword arguments, "
+                f"sent as a dict); got {len(msg.args)} positional and {len(msg.kwargs)} keyword"
+            )
+        data = msg.args[0] if msg.args else (msg.kwargs or None)
+        encoded = dumps(data, what=f"data of task {topic.name!r}")
+        delay = float(message.labels.get("delay") or 0)
+        due = int((time.time() + delay) * 1000) if delay > 0 else 0
+        priority = int(message.labels.get("priority") or 0)
+        row = Planned(
+            self.queue.name, message.task_id, topic.name, encoded, due, "taskiq", priority
+        )
+        worker = await self._connect()
+        await write(worker.redis, worker.scripts, [row])
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        """Yield the queue's jobs as taskiq messages; acknowledging one settles its job."""
+        worker = await self._connect()
+        await worker.setup()
+        worker._closing.clear()
+        heartbeat = asyncio.create_task(worker._heartbeat())
+        buffered: deque[Running] = deque()
+        try:
+            while True:
+                if not buffered:
+                    # Shielded: redis-py can hang when cancelled mid-command (taskiq cancels the
+                    # pending read on shutdown); finish the read instead, and hand its jobs back.
+                    read = asyncio.ensure_future(self._read(worker))
+                    try:
+                        buffered.extend(await asyncio.shield(read))
+                    except asyncio.CancelledError:
+                        buffered.extend(await read)
+                        raise
+                    continue
+                job = buffered.popleft()
+                try:
+                    args = [loads(job.data)]
+                except ValueError as exc:
+                    error = SerializationError(f"job data is not JSON ({exc})")
+                    await worker._failed(job, None, None, error)
+                    continue
+                labels = {"ack_type": "when_saved", "flowline_attempt": job.attempt}
+                body = TaskiqMessage(
+                    task_id=job.job_id, task_name=job.topic, labels=labels, args=args, kwargs={}
+                )
+                data = self.formatter.dumps(body).message
+                yield AckableMessage(data=data, ack=functools.partial(self._settle, job))
+        finally:
+            worker._closing.set()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            for job in buffered:  # read, never handed to taskiq: readable again at once
+                worker.claims.pop(job.entry, None)
+                row: list[Any] = [job.entry, job.job_id, job.topic, job.data, job.attempt]
+                await worker.scripts.release(keys=[job.stream], args=[GROUP, *flat([row])])
+
+    async def _read(self, worker: QueueWorker) -> list[Running]:
+        """Delayed jobs now due, jobs whose worker died, then new jobs (blocking briefly)."""
+        keys, scripts, rows = worker.keys, worker.scripts, []
+        if time.monotonic() >= self._next_upkeep:
+            self._next_upkeep = time.monotonic() + 0.25
+            await scripts.promote(
+                keys=[keys.jobs, keys.delayed], args=[keys.job_prefix, int(time.time() * 1000), 500]
+            )
+            vis, prefix = worker._vis_ms, keys.job_prefix
+            args: list[Any] = [GROUP, self.consumer, vis, "0-0", _READ_COUNT, prefix]
+            for stream in keys.streams:
+                _, *claimed = await scripts.reclaim(keys=[stream], args=args)
+                rows += [(stream, *c) for c in claimed]
+        streams: Any = dict.fromkeys(keys.streams, ">")
+        try:
+            reply: Any = await worker.redis.xreadgroup(
+                GROUP, self.consumer, streams, count=_READ_COUNT, block=250
+            )
+        except ResponseError as exc:
+            # Someone deleted the queue (FLUSHALL in tests), maybe while we blocked: recreate it.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                raise
+            await worker.setup()
+            reply = None
+        for stream, entries in reply or ():
+            rows += [
+                (stream.decode(), e, f[b"id"], f[b"topic"], f[b"data"], f[b"attempt"])
+                for e, f in entries
+            ]
+        ready = []
+        for stream, entry, job_id, name, data, attempt in rows:
+            job = Running(
+                stream, entry.decode(), job_id.decode(), name.decode(), data, int(attempt)
+            )
+            worker.claims[job.entry] = job
+            topic = self.pipeline.topics.get(job.topic)
+            if topic is not None and job.attempt > topic.retries + 1:
+                # Reclaimed once too often: the workers running it keep dying.
+                error = JobError(f"its worker stopped {job.attempt - 1} times", stage=job.topic)
+                await worker._failed(job, None, None, error)
+            else:
+                ready.append(job)
+        return ready
+
+    async def _settle(self, job: Running) -> None:
+        """Finish a job as `flowline worker` would: completed, retried later, or dead-lettered."""
+        worker = await self._connect()
+        outcome = self._outcomes.pop(job.job_id, None)
+        if isinstance(outcome, tuple):
+            worker._done.append((job, *outcome))
+            await worker._flush_all()
+            return
+        # No outcome: taskiq has no task for the topic, or cancelled the run (its timeout).
+        error = outcome or JobError("its taskiq task did not finish", stage=job.topic)
+        await worker._failed(job, self.pipeline.topics.get(job.topic), None, error)
+
+    def _task(self, topic: Topic) -> Callable[..., Awaitable[Any]]:
+        """The taskiq task of `topic`: runs its handler and keeps the outcome for the ack."""
+
+        # A default of TaskiqDepends() is how taskiq injects the Context.
+        async def run(data: Any = None, context: Context = TaskiqDepends()) -> Any:  # noqa: B008
+            worker = await self._connect()
+            # Called directly, not by taskiq's receiver: there is no job record to update.
+            msg = context.message if isinstance(context, Context) else None
+            job_id = msg.task_id if msg else f"local:{uuid.uuid4().hex}"
+            job = JobContext(
+                id=job_id,
+                topic=topic.name,
+                data=data,
+                attempt=int(msg.labels.get("flowline_attempt", 1)) if msg else 1,
+                queue=self.queue.name,
+                redis=worker.redis if msg else None,
+                key=worker.keys.job(job_id),
+                bus=self.pipeline.bus,
+            )
+            try:
+                result = await _timed(worker, topic, job)
+                encoded = dumps(result, what=f"result of job {job_id}")
+            except Exception as exc:
+                if msg:
+                    self._outcomes[job_id] = exc
+                raise
+            if msg:
+                self._outcomes[job_id] = (encoded, result)
+            return result
+
+        return run
+
+
+async def _timed(worker: QueueWorker, topic: Topic, job: JobContext) -> Any:
+    """Run the topic's handler as `flowline worker` does, within the topic's timeout."""
+    try:
+        async with asyncio.timeout(topic.timeout):
+            return await worker._call(topic, job)
+    except TimeoutError as exc:
+        if topic.timeout is None:
+            raise
+        raise JobTimeout(
+            f"handler {topic.handler_name} ran past its {topic.timeout:g}s timeout",
+            stage=topic.name,
+        ) from exc
+
+
+def compile_broker(
+    pipeline: Pipeline, queue_name: str | None = None, *, redis_url: str | None = None
+) -> FlowlineBroker:
+    """A taskiq broker for one queue of `pipeline`, with one task per topic, named after it.
+
+    Call it once the handlers are registered: a later ``dequeue`` adds no task.
+
+    Args:
+        queue_name: which queue; may be left out when the pipeline has only one.
+        redis_url: where the queue lives (default: ``FLOWLINE_REDIS_URL``, or localhost).
+
+    Raises:
+        PipelineError: no such queue, several queues and no name, or no topic on the queue.
+    """
+    queues = {q.name: q for q in pipeline.queues}
+    names = ", ".join(queues) or "none"
+    if queue_name is None and len(queues) != 1:
+        raise PipelineError(f"pipeline {pipeline.name!r} has queues {names}: pass queue_name")
+    queue = queues.get(queue_name) if queue_name is not None else next(iter(queues.values()))
+    if queue is None:
+        raise PipelineError(f"pipeline {pipeline.name!r} has no Queue({queue_name!r}): {names}")
+    topics = [t for t in pipeline.topics.values() if t.queue is queue]
+    if not topics:
+        raise PipelineError(
+            f"Queue({queue.name!r}) has no handlers yet: register them with "
+            f"@pipeline.dequeue(topic) before compile_broker"
+        )
+    broker = FlowlineBroker(pipeline, queue, Settings.from_env(redis_url=redis_url))
+    for topic in topics:
+        broker.register_task(broker._task(topic), task_name=topic.name)
+    return broker
