@@ -152,7 +152,7 @@ class FlowlineBroker(AsyncBroker):
             worker._closing.set()
             await asyncio.gather(heartbeat, return_exceptions=True)
             for job in buffered:  # read, never handed to taskiq: readable again at once
-                worker.claims.pop(job.entry, None)
+                worker.claims.pop(job.key, None)
                 row: list[Any] = [job.entry, job.job_id, job.topic, job.data, job.attempt]
                 await worker.scripts.release(keys=[job.stream], args=[GROUP, *flat([row])])
 
@@ -190,7 +190,7 @@ class FlowlineBroker(AsyncBroker):
             job = Running(
                 stream, entry.decode(), job_id.decode(), name.decode(), data, int(attempt)
             )
-            worker.claims[job.entry] = job
+            worker.claims[job.key] = job
             topic = self.pipeline.topics.get(job.topic)
             if topic is not None and job.attempt > topic.retries + 1:
                 # Reclaimed once too often: the workers running it keep dying.

@@ -56,13 +56,17 @@ return 1
 
 # KEYS: the job's ready stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms,
 # keep s, entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
-# dead-letter record json.
+# dead-letter record json, consumer.
+# Does nothing (returns 'lost') unless `consumer` still holds the entry: so a call repeated
+# after its reply was lost, or sent by a worker whose job was taken over, adds no second copy.
 FAIL = """
 local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local eid, id, topic, data, attempt, due = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
   tonumber(ARGV[10])
 local key = prefix .. id
 if eid ~= '' then
+  local p = redis.call('XPENDING', KEYS[1], group, eid, eid, 1)
+  if not p[1] or p[1][2] ~= ARGV[13] then return 'lost' end
   redis.call('XACK', KEYS[1], group, eid)
   redis.call('XDEL', KEYS[1], eid)
 end

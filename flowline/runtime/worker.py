@@ -60,6 +60,11 @@ class Running:
     attempt: int
     task: asyncio.Task[None] | None = None
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """Entry ids are unique per stream only: urgent and normal entries may share one."""
+        return (self.stream, self.entry)
+
 
 class QueueWorker:
     """Runs the jobs of one queue in this process."""
@@ -89,7 +94,7 @@ class QueueWorker:
         self.consumer = consumer or consumer_name()
         self.bus = pipeline.bus
         self.log = log.bind(pipeline=pipeline.name, stage="job", queue=queue.name)
-        self.claims: dict[str, Running] = {}
+        self.claims: dict[tuple[str, str], Running] = {}
         self._running = 0
         self._done: list[tuple[Running, str, Any]] = []
         self._slot = asyncio.Event()
@@ -195,11 +200,11 @@ class QueueWorker:
                     if self._running < self.concurrency:
                         self._start(job)
                     else:
-                        self.claims[job.entry] = job
+                        self.claims[job.key] = job
                         backlog.append(job)
 
     def _start(self, job: Running) -> None:
-        self.claims[job.entry] = job
+        self.claims[job.key] = job
         self._running += 1
         job.task = asyncio.create_task(self._run(job))
 
@@ -323,13 +328,19 @@ class QueueWorker:
                         due,
                         str(exc),
                         record,
+                        self.consumer,
                     ],
                 )
                 break
             except Exception as write_exc:
                 self.log.warning("could not record failure; retrying", error=repr(write_exc))
                 await asyncio.sleep(1.0)
-        self.claims.pop(job.entry, None)
+        self.claims.pop(job.key, None)
+        if dead == b"lost":
+            # Another worker holds the job now, or this very call already went through before
+            # its reply was lost: either way it is recorded once, by someone else's call.
+            self.log.warning("failure not recorded: job no longer held here", job=job.job_id)
+            return
         if due >= 0:
             self.bus.emit("job:retry", "job", job=ctx, id=job.job_id, error=err, delay=delay)
             return
@@ -369,7 +380,7 @@ class QueueWorker:
                 continue
             claims = self.claims
             for job, _, _ in batch:
-                claims.pop(job.entry, None)
+                claims.pop(job.key, None)
             bus = self.bus
             if bus.wants("job:complete"):
                 for job, _, result in batch:
@@ -411,15 +422,18 @@ class QueueWorker:
                             keys=[stream], args=[GROUP, self.consumer, *entries[i : i + 500]]
                         )
                         for raw in lost:
-                            self._lose(raw.decode())
+                            self._lose((stream, raw.decode()))
             except Exception as exc:
                 self.log.warning("heartbeat failed", error=repr(exc))
 
-    def _lose(self, entry: str) -> None:
+    def _lose(self, key: tuple[str, str]) -> None:
         """Another worker took this job over (we were stalled past the visibility timeout)."""
-        job = self.claims.pop(entry, None)
+        job = self.claims.pop(key, None)
         if job is None:
             return
+        if job.task is None:
+            # Still waiting in the read-ahead backlog: it must never start here.
+            self._backlog.remove(job)
         self.log.warning("lost claim on job; stopping our run", job=job.job_id)
         if job.task is not None and not job.task.done():
             job.task.cancel()
@@ -473,7 +487,7 @@ class QueueWorker:
                 t = self.topics.get(job.topic)
                 limit = (t.retries if t is not None else 0) + 1
                 if job.attempt > limit:
-                    self.claims[job.entry] = job
+                    self.claims[job.key] = job
                     exc = JobError(
                         f"worker stopped while running it {job.attempt - 1} times "
                         f"(limit {limit} attempts)",
@@ -508,6 +522,6 @@ class QueueWorker:
                 args=[GROUP, *flat((j.entry, j.job_id, j.topic, j.data, j.attempt) for j in jobs)],
             )
             for j in jobs:
-                self.claims.pop(j.entry, None)
+                self.claims.pop(j.key, None)
         if unfinished:
             self.log.info("handed back unfinished jobs", jobs=len(unfinished))
