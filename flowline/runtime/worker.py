@@ -432,8 +432,9 @@ class QueueWorker:
         if job is None:
             return
         if job.task is None:
-            # Still waiting in the read-ahead backlog: it must never start here.
-            self._backlog.remove(job)
+            # Never started here (waiting in the read-ahead backlog): it must not start now.
+            with contextlib.suppress(ValueError):
+                self._backlog.remove(job)
         self.log.warning("lost claim on job; stopping our run", job=job.job_id)
         if job.task is not None and not job.task.done():
             job.task.cancel()
