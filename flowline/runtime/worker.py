@@ -59,6 +59,7 @@ class Running:
     data: bytes
     attempt: int
     task: asyncio.Task[None] | None = None
+    settling: bool = False  # its failure is being recorded
 
     @property
     def key(self) -> tuple[str, str]:
@@ -104,6 +105,7 @@ class QueueWorker:
         self._reclaim_cursors = dict.fromkeys(self.keys.streams, "0-0")
         self._keep = str(int(self.opts.keep_completed))
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
+        self._reclaim_after = 0.0  # monotonic time before which this worker does not reclaim
         route = pipeline.route
         self._fan_in = (
             FanIn(redis, pipeline.name, int(self.opts.keep_completed))
@@ -181,6 +183,7 @@ class QueueWorker:
             except Exception as exc:
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
+                self._redis_trouble()
                 self.log.warning("reading jobs failed; backing off", error=repr(exc), delay=delay)
                 await asyncio.sleep(delay)
                 continue
@@ -277,6 +280,7 @@ class QueueWorker:
     async def _failed(
         self, job: Running, topic: Topic | None, ctx: JobContext | None, exc: Exception
     ) -> None:
+        job.settling = True
         retries = topic.retries if topic is not None else 0
         final = isinstance(exc, (Fail, UnknownTopicError, SerializationError))
         retry = isinstance(exc, Retry)
@@ -408,10 +412,22 @@ class QueueWorker:
 
     # -- keeping claims, reclaiming, delayed jobs ------------------------------------------------
 
+    def _redis_trouble(self) -> None:
+        """Redis failed us: nobody could refresh a claim meanwhile, us included.
+
+        The time Redis was away counts towards every claim's idle time, so right after an
+        outage the jobs of live workers look abandoned. Reclaiming waits one visibility
+        timeout, in which every live worker refreshes its claims (a heartbeat runs every third
+        of it, and soon after a failed one).
+        """
+        self._reclaim_after = time.monotonic() + self.opts.visibility_timeout
+
     async def _heartbeat(self) -> None:
         interval = self.opts.visibility_timeout / 3
+        wait = interval
         while not self._closing.is_set():
-            await self._pause(interval)
+            await self._pause(wait)
+            wait = interval
             by_stream: dict[str, list[str]] = {}
             for job in list(self.claims.values()):
                 by_stream.setdefault(job.stream, []).append(job.entry)
@@ -424,19 +440,26 @@ class QueueWorker:
                         for raw in lost:
                             self._lose((stream, raw.decode()))
             except Exception as exc:
+                self._redis_trouble()
+                wait = min(interval, 0.25)  # refresh our claims as soon as Redis is back
                 self.log.warning("heartbeat failed", error=repr(exc))
 
     def _lose(self, key: tuple[str, str]) -> None:
         """Another worker took this job over (we were stalled past the visibility timeout)."""
-        job = self.claims.pop(key, None)
+        job = self.claims.get(key)
         if job is None:
             return
+        if job.settling or (job.task is not None and job.task.done()):
+            # Our own completion or failure acked the entry between this heartbeat's snapshot
+            # of the claims and its script: nobody took it over, and there is no run to stop.
+            return
+        del self.claims[key]
         if job.task is None:
             # Never started here (waiting in the read-ahead backlog): it must not start now.
             with contextlib.suppress(ValueError):
                 self._backlog.remove(job)
         self.log.warning("lost claim on job; stopping our run", job=job.job_id)
-        if job.task is not None and not job.task.done():
+        if job.task is not None:
             job.task.cancel()
 
     async def _maintain(self, stop: asyncio.Event) -> None:
@@ -454,10 +477,12 @@ class QueueWorker:
                     sleep = min(sleep, max(0.005, due / 1000 - time.time()))
                 if int(moved) == 500:
                     sleep = 0
-                if time.monotonic() >= next_reclaim and not stop.is_set():
+                now = time.monotonic()
+                if now >= next_reclaim and now >= self._reclaim_after and not stop.is_set():
                     next_reclaim = time.monotonic() + reclaim_every
                     await self._reclaim()
             except Exception as exc:
+                self._redis_trouble()
                 self.log.warning("queue maintenance failed", error=repr(exc))
                 sleep = 1.0
             await self._pause(sleep)
@@ -482,6 +507,8 @@ class QueueWorker:
                 job = Running(
                     stream, entry.decode(), job_id.decode(), topic.decode(), data, int(attempt)
                 )
+                if job.key in self.claims:
+                    continue  # ours and still running: XAUTOCLAIM just refreshed our claim
                 self.log.warning(
                     "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
                 )

@@ -15,7 +15,7 @@ writes, not list pushes, so a write retried after Redis dropped the connection (
 the write perhaps applied) cannot count one run twice.
 
 Settings come from the environment: FLOWLINE_CHAOS_VISIBILITY (queue visibility timeout,
-default 2 s), FLOWLINE_CHAOS_ACK_WAIT (stream ack wait, default 3 s), FLOWLINE_CHAOS_SUBJECT.
+default 3 s), FLOWLINE_CHAOS_ACK_WAIT (stream ack wait, default 3 s), FLOWLINE_CHAOS_SUBJECT.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from flowline import Backoff, Job, JobContext, Queue, Route, Stream
 from flowline.runtime.keys import QueueKeys
 
-VISIBILITY = float(os.environ.get("FLOWLINE_CHAOS_VISIBILITY", "2"))
+VISIBILITY = float(os.environ.get("FLOWLINE_CHAOS_VISIBILITY", "3"))
 ACK_WAIT = float(os.environ.get("FLOWLINE_CHAOS_ACK_WAIT", "3"))
 SUBJECT = os.environ.get("FLOWLINE_CHAOS_SUBJECT", "chaos")
 QUEUE = "chaos"
@@ -110,7 +110,7 @@ pipeline = (
         QUEUE,
         visibility_timeout=VISIBILITY,
         concurrency=20,
-        retries=10,  # a job may be hit by several kills in a row; none may end dead
+        retries=20,  # a long job may be hit by several kills in a row; none may end dead
         backoff=Backoff(base=0.05, cap=0.2),
         timeout=90,
     )
