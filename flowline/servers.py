@@ -70,7 +70,9 @@ class LocalServers:
 
     Args:
         redis_password: require this password (tests of authenticated connections).
+        redis_user: with `redis_password`, an ACL user (the default user is then disabled).
         nats_user, nats_password: require these credentials on NATS.
+        nats_token: require this token on NATS.
         directory: where data and logs go (default: a new temporary directory, removed on stop).
         tls: serve NATS and Redis over TLS only, with a throwaway self-signed certificate
             (``ca_file`` is the file clients must trust).
@@ -83,7 +85,9 @@ class LocalServers:
         self,
         *,
         redis_password: str | None = None,
+        redis_user: str | None = None,
         nats_user: str | None = None,
+        nats_token: str | None = None,
         nats_password: str | None = None,
         directory: str | None = None,
         redis_fsync: str = "always",
@@ -96,6 +100,8 @@ class LocalServers:
             )
         self.redis_fsync = redis_fsync
         self.redis_password = redis_password
+        self.redis_user = redis_user
+        self.nats_token = nats_token
         self.nats_user = nats_user
         self.nats_password = nats_password
         self._own_dir = directory is None
@@ -108,11 +114,14 @@ class LocalServers:
     @property
     def nats_url(self) -> str:
         cred = f"{self.nats_user}:{self.nats_password}@" if self.nats_user else ""
+        if self.nats_token:
+            cred = f"{self.nats_token}@"
         return f"{'tls' if self.tls else 'nats'}://{cred}127.0.0.1:{self.nats_port}"
 
     @property
     def redis_url(self) -> str:
-        cred = f":{self.redis_password}@" if self.redis_password else ""
+        user = self.redis_user or ""
+        cred = f"{user}:{self.redis_password}@" if self.redis_password else ""
         return f"{'rediss' if self.tls else 'redis'}://{cred}127.0.0.1:{self.redis_port}/0"
 
     @property
@@ -177,6 +186,8 @@ class LocalServers:
         ]
         if self.nats_user:
             args += ["--user", self.nats_user, "--pass", str(self.nats_password)]
+        if self.nats_token:
+            args += ["--auth", self.nats_token]
         if self.tls:
             args += [
                 "--tls",
@@ -208,7 +219,20 @@ class LocalServers:
             "--protected-mode",
             "no",
         ]
-        if self.redis_password:
+        if self.redis_password and self.redis_user:
+            args += [
+                "--user",
+                "default",
+                "off",
+                "--user",
+                self.redis_user,
+                "on",
+                f">{self.redis_password}",
+                "~*",
+                "&*",
+                "+@all",
+            ]
+        elif self.redis_password:
             args += ["--requirepass", self.redis_password]
         if self.tls:
             args[2] = "0"  # no plain-text port: TLS only

@@ -50,6 +50,35 @@ async def completed(redis: Redis, job_id: str) -> bool:
     return await redis.hget(Q.job(job_id), "state") == b"completed"
 
 
+@pytest.fixture(scope="module")
+def token_acl_servers() -> Iterator[LocalServers]:
+    with LocalServers(
+        nats_token=NATS_SECRET, redis_user="flowline", redis_password=REDIS_SECRET
+    ) as s:
+        yield s
+
+
+async def test_token_and_acl_user_work_and_stay_out_of_the_logs(worker, token_acl_servers):
+    """A NATS token and a Redis ACL user (default user disabled) work; neither is logged."""
+    s = token_acl_servers
+    proc = worker("tests.apps.recorder:pipeline", env=s.env())
+    await proc.ready()
+    seq = await publish_record_job(s.nats_url)
+    redis = Redis.from_url(s.redis_url)
+    try:
+        await eventually(lambda: completed(redis, f"recorder:{seq}:0"))
+        assert await redis.acl_whoami() == "flowline"
+        await redis.flushall()
+    finally:
+        await redis.aclose()
+    output = proc.output()
+    assert "flowline started" in output
+    assert REDIS_SECRET not in output
+    assert NATS_SECRET not in output
+    assert "flowline:***@127.0.0.1" in output
+    assert "nats://***@127.0.0.1" in output
+
+
 async def test_authenticated_servers_work_and_secrets_never_reach_the_logs(worker, auth_servers):
     """With NATS user/password and a Redis password, jobs run and no log line holds a secret."""
     proc = worker("tests.apps.recorder:pipeline", env=auth_servers.env())
