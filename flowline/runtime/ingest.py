@@ -8,9 +8,11 @@ ids (stream + sequence + index) and the enqueue script skips the ones already wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -89,6 +91,8 @@ class StreamIngest:
         self.route = pipeline.route
         self.durable = stream.durable or pipeline.name
         self.stream_name = ""
+        self._batch: list[Msg] = []
+        self._batch_started = 0.0
         self.log = log.bind(pipeline=pipeline.name, stage="stream", subject=stream.subject)
         self._fan_in = self.route is not None and self.route.fan_in
         self._keep = int(max((q.options.keep_completed for q in pipeline.queues), default=86400))
@@ -116,34 +120,46 @@ class StreamIngest:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and process batches until `stop` is set; never exits on a server fault."""
+        keepalive = asyncio.create_task(self._keepalive(stop), name=f"keepalive:{self.durable}")
         failures = 0
-        while not stop.is_set():
-            try:
-                msgs = await self.sub.fetch(self.stream.batch, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except Exception as exc:
-                failures += 1
-                delay = min(5.0, 0.1 * 2**failures)
-                self.log.warning("fetch failed; backing off", error=repr(exc), delay=delay)
-                await asyncio.sleep(delay)
-                continue
-            ok = await self._keepalive(self.process(msgs), msgs)
-            failures = 0 if ok else failures + 1
-            if not ok:
-                await asyncio.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await self.sub.fetch(self.stream.batch, timeout=0.5)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except Exception as exc:
+                    failures += 1
+                    delay = min(5.0, 0.1 * 2**failures)
+                    self.log.warning("fetch failed; backing off", error=repr(exc), delay=delay)
+                    await asyncio.sleep(delay)
+                    continue
+                self._batch, self._batch_started = msgs, time.monotonic()
+                try:
+                    ok = await self.process(msgs)
+                finally:
+                    self._batch = []
+                failures = 0 if ok else failures + 1
+                if not ok:
+                    await asyncio.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+        finally:
+            await keepalive
 
-    async def _keepalive(self, work: Any, msgs: list[Msg]) -> bool:
-        """Await `work`, telling JetStream the batch is in progress while a route runs long."""
-        task = asyncio.ensure_future(work)
+    async def _keepalive(self, stop: asyncio.Event) -> None:
+        """Tell JetStream a batch is in progress while its routes run long (not redelivered).
+
+        One loop for the consumer's life, rather than a task per batch, keeps the hot path lean.
+        """
         interval = max(0.5, self.stream.ack_wait / 3)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=interval)
-            if done:
-                return bool(task.result())
-            for msg in msgs:
-                if not msg._ackd:
-                    await msg.in_progress()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval / 2)
+            batch = self._batch
+            if batch and time.monotonic() - self._batch_started >= interval:
+                for msg in batch:
+                    if not msg._ackd:
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
 
     async def process(self, msgs: list[Msg]) -> bool:
         """Route a batch, enqueue all its jobs, ack; returns False when Redis refused them."""
