@@ -1,7 +1,7 @@
 """The compiler: binds pipeline descriptions to concrete NATS and Redis resources.
 
 It checks what only makes sense across pipelines (a queue or durable name used twice), decides
-which parts this process runs (``--only``), and builds a taskiq broker per queue.
+which parts this process runs (``--only``). The taskiq side of the binding is `_broker`.
 """
 
 from __future__ import annotations

@@ -58,21 +58,30 @@ def token_acl_servers() -> Iterator[LocalServers]:
         yield s
 
 
-async def test_token_and_acl_user_work_and_stay_out_of_the_logs(worker, token_acl_servers):
-    """A NATS token and a Redis ACL user (default user disabled) work; neither is logged."""
-    s = token_acl_servers
-    proc = worker("tests.apps.recorder:pipeline", env=s.env())
+async def run_one_job(worker, servers: LocalServers, *, tls=None, **redis_options) -> str:
+    """Start a worker on `servers`, have it run one job to completion; returns its output."""
+    proc = worker("tests.apps.recorder:pipeline", env=servers.env())
     await proc.ready()
-    seq = await publish_record_job(s.nats_url)
-    redis = Redis.from_url(s.redis_url)
+    seq = await publish_record_job(servers.nats_url, **({"tls": tls} if tls else {}))
+    redis = Redis.from_url(servers.redis_url, **redis_options)
     try:
         await eventually(lambda: completed(redis, f"recorder:{seq}:0"))
-        assert await redis.acl_whoami() == "flowline"
         await redis.flushall()
     finally:
         await redis.aclose()
     output = proc.output()
     assert "flowline started" in output
+    return output
+
+
+async def test_token_and_acl_user_work_and_stay_out_of_the_logs(worker, token_acl_servers):
+    """A NATS token and a Redis ACL user (default user disabled) work; neither is logged."""
+    output = await run_one_job(worker, token_acl_servers)
+    redis = Redis.from_url(token_acl_servers.redis_url)
+    try:
+        assert await redis.acl_whoami() == "flowline"
+    finally:
+        await redis.aclose()
     assert REDIS_SECRET not in output
     assert NATS_SECRET not in output
     assert "flowline:***@127.0.0.1" in output
@@ -81,17 +90,7 @@ async def test_token_and_acl_user_work_and_stay_out_of_the_logs(worker, token_ac
 
 async def test_authenticated_servers_work_and_secrets_never_reach_the_logs(worker, auth_servers):
     """With NATS user/password and a Redis password, jobs run and no log line holds a secret."""
-    proc = worker("tests.apps.recorder:pipeline", env=auth_servers.env())
-    await proc.ready()
-    seq = await publish_record_job(auth_servers.nats_url)
-    redis = Redis.from_url(auth_servers.redis_url)
-    try:
-        await eventually(lambda: completed(redis, f"recorder:{seq}:0"))
-        await redis.flushall()
-    finally:
-        await redis.aclose()
-    output = proc.output()
-    assert "flowline started" in output
+    output = await run_one_job(worker, auth_servers)
     assert REDIS_SECRET not in output
     assert NATS_SECRET not in output
     assert "flow:***@127.0.0.1" in output
@@ -136,16 +135,8 @@ async def test_tls_servers(worker, tls_servers):
     """tls:// NATS and rediss:// Redis with a CA file (FLOWLINE_TLS_CA) work end to end."""
     import ssl
 
-    proc = worker("tests.apps.recorder:pipeline", env=tls_servers.env())
-    await proc.ready()
     ctx = ssl.create_default_context(cafile=tls_servers.ca_file)
-    seq = await publish_record_job(tls_servers.nats_url, tls=ctx)
-    redis = Redis.from_url(tls_servers.redis_url, ssl_ca_certs=tls_servers.ca_file)
-    try:
-        await eventually(lambda: completed(redis, f"recorder:{seq}:0"))
-        await redis.flushall()
-    finally:
-        await redis.aclose()
+    await run_one_job(worker, tls_servers, tls=ctx, ssl_ca_certs=tls_servers.ca_file)
 
 
 async def test_pickled_payload_is_never_unpickled(worker, redis, tmp_path):

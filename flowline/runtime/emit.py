@@ -13,10 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._stages import Stream
 from ..errors import PipelineError
-from .ingest import ensure_stream
 
 if TYPE_CHECKING:
-    from nats.js import JetStreamContext
     from redis.asyncio import Redis
 
     from .._pipeline import Pipeline
@@ -25,10 +23,11 @@ if TYPE_CHECKING:
 class Emitter:
     """Publishes on behalf of jobs; shared by every worker of a process."""
 
-    def __init__(self, jetstream: Callable[[], Awaitable[JetStreamContext]], redis: Redis) -> None:
-        self._jetstream = jetstream
+    def __init__(
+        self, publish: Callable[[str, bytes, str | None], Awaitable[int]], redis: Redis
+    ) -> None:
+        self._publish = publish
         self._redis = redis
-        self._streams: set[str] = set()
 
     async def emit(
         self, job_key: str, job_id: str, n: int, target: Pipeline | str, event: Any
@@ -39,13 +38,9 @@ class Emitter:
         done = await self._redis.hget(job_key, mark)
         if done is not None:
             return int(done)
-        js = await self._jetstream()
-        if subject not in self._streams:
-            await ensure_stream(js, subject)
-            self._streams.add(subject)
-        ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": f"{job_id}:emit:{n}"})
-        await self._redis.hset(job_key, mark, ack.seq)
-        return int(ack.seq)
+        seq = await self._publish(subject, payload, f"{job_id}:emit:{n}")
+        await self._redis.hset(job_key, mark, seq)
+        return seq
 
 
 def _resolve(target: Pipeline | str, event: Any) -> tuple[str, bytes]:

@@ -64,6 +64,8 @@ class FanIn:
         pipe = self.redis.pipeline(transaction=False)
         origins = []
         for job_id in job_ids:
+            # Only routed jobs (<stream>:<seq>:<index>) have a registered total; FINISH would
+            # answer 0 for the others too, this just spares the round trip.
             if job_id.startswith(("key:", "direct:", "cron:")):
                 continue
             origin = origin_of(job_id)

@@ -56,7 +56,7 @@ def normalise(result: Any, stage: str) -> list[Job]:
 
 
 def _as_job(item: Any, stage: str) -> Job:
-    if type(item) is Job or isinstance(item, Job):
+    if isinstance(item, Job):
         job = item
     elif isinstance(item, Mapping) and isinstance(item.get("topic"), str):
         extra = {k: item[k] for k in ("delay", "priority", "key") if k in item}

@@ -117,7 +117,7 @@ class Runner:
         s = self.settings
         self.redis = await connect_redis(s)
         self.scripts = Scripts(self.redis)
-        if self.plan.streams or any(isinstance(p.source, Stream) for p in self.plan.pipelines):
+        if any(isinstance(p.source, Stream) for p in self.plan.pipelines):
             self.nc = await connect_nats(s)
             self.js = self.nc.jetstream()
         for pipeline in self.plan.pipelines:
@@ -127,7 +127,7 @@ class Runner:
             ingest = StreamIngest(p, stream, self.js, self.redis, self.scripts)
             await ingest.setup()
             self._spawn(ingest.run(self.stop_event), f"stream:{p.name}")
-        emitter = Emitter(self._jetstream, self.redis)
+        emitter = Emitter(self.publish_to, self.redis)
         for p, queue in self.plan.queues:
             worker = QueueWorker(
                 p,
@@ -180,7 +180,7 @@ class Runner:
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
         for p in self.plan.pipelines:
             await p.bus.drain()
-            if getattr(p, "_runner", None) is self:
+            if p._runner is self:
                 p._runner = None
         if self.nc is not None:
             # Not drain(): our loops have stopped, and unacked messages are redelivered anyway.
@@ -226,13 +226,16 @@ class Runner:
         stream = pipeline.source
         if not isinstance(stream, Stream):
             raise PipelineError(f"pipeline {pipeline.name!r} has no Stream to publish to")
+        return await self.publish_to(stream.subject, _encode(stream, event), msg_id)
+
+    async def publish_to(self, subject: str, payload: bytes, msg_id: str | None = None) -> int:
+        """Publish raw bytes to `subject` (creating its stream once); returns the sequence."""
         js = await self._jetstream()
-        payload = _encode(stream, event)
-        if stream.subject not in self._known_streams:
-            await ensure_stream(js, stream.subject)
-            self._known_streams.add(stream.subject)
+        if subject not in self._known_streams:
+            await ensure_stream(js, subject)
+            self._known_streams.add(subject)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        ack = await js.publish(stream.subject, payload, headers=headers)
+        ack = await js.publish(subject, payload, headers=headers)
         return int(ack.seq)
 
     async def enqueue(

@@ -297,8 +297,8 @@ class QueueWorker:
         delay = -1.0
         if can_retry:
             assert topic is not None
-            if retry and exc.delay is not None:  # type: ignore[attr-defined]
-                delay = max(0.0, float(exc.delay))  # type: ignore[attr-defined]
+            if isinstance(exc, Retry) and exc.delay is not None:
+                delay = max(0.0, float(exc.delay))
             else:
                 delay = topic.backoff.delay(job.attempt, random.random())
         now = time.time()
