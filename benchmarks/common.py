@@ -28,8 +28,8 @@ def event(i: int, *, fan: str | None = None) -> bytes:
     ).SerializeToString()
 
 
-def fanbase_rows(stream: str, seq: int, ev: FanbaseEvent) -> list[str | int]:
-    """ENQUEUE ARGV rows (id, topic, data, due, origin) of the fanbase router, written by hand.
+def fanbase_rows(stream: str, seq: int, ev: FanbaseEvent, born: int) -> list[str | int]:
+    """ENQUEUE ARGV rows (id, topic, data, due, origin, born, trace) of the fanbase router.
 
     Same ids (``<stream>:<seq>:<index>``) and the same compact JSON as flowline writes, so the
     Redis work of a baseline equals flowline's.
@@ -38,8 +38,8 @@ def fanbase_rows(stream: str, seq: int, ev: FanbaseEvent) -> list[str | int]:
         return []
     data = json.dumps({"fan": ev.fan, "talent": ev.talent}, separators=(",", ":"))
     return [
-        f"{stream}:{seq}:0", FOLLOWED[0], data, 0, "stream",
-        f"{stream}:{seq}:1", FOLLOWED[1], data, 0, "stream",
+        f"{stream}:{seq}:0", FOLLOWED[0], data, 0, "stream", born, "",
+        f"{stream}:{seq}:1", FOLLOWED[1], data, 0, "stream", born, "",
     ]  # fmt: skip
 
 

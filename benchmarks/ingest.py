@@ -113,7 +113,9 @@ async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
             args: list[str | int] = [keys.job_prefix, str(int(time.time() * 1000))]
             for msg in msgs:
                 ev = FanbaseEvent.FromString(msg.data)
-                args += common.fanbase_rows(stream, msg.metadata.sequence.stream, ev)
+                meta = msg.metadata
+                born = int(meta.timestamp.timestamp() * 1000)
+                args += common.fanbase_rows(stream, meta.sequence.stream, ev, born)
             await script(keys=[keys.jobs, keys.delayed], args=args)
             for msg in msgs:
                 await msg.ack()

@@ -153,8 +153,9 @@ class FlowlineBroker(AsyncBroker):
             await asyncio.gather(heartbeat, return_exceptions=True)
             for job in buffered:  # read, never handed to taskiq: readable again at once
                 worker.claims.pop(job.key, None)
-                row: list[Any] = [job.entry, job.job_id, job.topic, job.data, job.attempt]
-                await worker.scripts.release(keys=[job.stream], args=[GROUP, *flat([row])])
+                await worker.scripts.release(
+                    keys=[job.stream], args=[GROUP, *flat([job.release_args()])]
+                )
 
     async def _read(self, worker: QueueWorker) -> list[Running]:
         """Delayed jobs now due, jobs whose worker died, then new jobs (blocking briefly)."""
@@ -168,7 +169,7 @@ class FlowlineBroker(AsyncBroker):
             args: list[Any] = [GROUP, self.consumer, vis, "0-0", _READ_COUNT, prefix]
             for stream in keys.streams:
                 _, *claimed = await scripts.reclaim(keys=[stream], args=args)
-                rows += [(stream, *c) for c in claimed]
+                rows += [Running.from_reclaim(stream, row) for row in claimed]
         streams: Any = dict.fromkeys(keys.streams, ">")
         try:
             reply: Any = await worker.redis.xreadgroup(
@@ -181,15 +182,9 @@ class FlowlineBroker(AsyncBroker):
             await worker.setup()
             reply = None
         for stream, entries in reply or ():
-            rows += [
-                (stream.decode(), e, f[b"id"], f[b"topic"], f[b"data"], f[b"attempt"])
-                for e, f in entries
-            ]
+            rows += [Running.from_entry(stream.decode(), e, f) for e, f in entries]
         ready = []
-        for stream, entry, job_id, name, data, attempt in rows:
-            job = Running(
-                stream, entry.decode(), job_id.decode(), name.decode(), data, int(attempt)
-            )
+        for job in rows:
             worker.claims[job.key] = job
             topic = self.pipeline.topics.get(job.topic)
             if topic is not None and job.attempt > topic.retries + 1:

@@ -26,6 +26,12 @@ class Settings:
         redis_options: extra keyword arguments for `redis.asyncio.Redis.from_url`.
         tls_ca: a CA certificate file trusted for ``tls://`` NATS and ``rediss://`` Redis
             (default: the system's trust store).
+        http_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (0: any free
+            port); None serves nothing.
+        http_host: the address the HTTP endpoint binds (default loopback only).
+        metrics: count Prometheus metrics (on by default; off only to measure their cost).
+        redis_max_connections: the size of the Redis connection pool; commands wait for a free
+            connection instead of failing (default: enough for every loop, plus 32).
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -35,6 +41,10 @@ class Settings:
     nats_options: dict[str, object] = field(default_factory=dict)
     redis_options: dict[str, object] = field(default_factory=dict)
     tls_ca: str | None = None
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    metrics: bool = True
+    redis_max_connections: int | None = None
 
     def __post_init__(self) -> None:
         for url in self.nats_url.split(","):
@@ -51,15 +61,34 @@ class Settings:
             raise ConfigurationError("grace must be >= 0 seconds")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigurationError(f"http_port must be within 0..65535, got {self.http_port}")
+        if not self.http_host:
+            raise ConfigurationError("http_host must not be empty")
+        if self.redis_max_connections is not None and self.redis_max_connections < 4:
+            raise ConfigurationError("redis_max_connections must be >= 4")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        """Settings from ``FLOWLINE_NATS_URL`` / ``FLOWLINE_REDIS_URL``; `overrides` win."""
+        """Settings from ``FLOWLINE_*`` environment variables; `overrides` win.
+
+        Reads ``FLOWLINE_NATS_URL``, ``FLOWLINE_REDIS_URL``, ``FLOWLINE_TLS_CA``,
+        ``FLOWLINE_HTTP_PORT`` and ``FLOWLINE_HTTP_HOST``.
+        """
         values: dict[str, object] = {
             "nats_url": os.environ.get("FLOWLINE_NATS_URL", DEFAULT_NATS_URL),
             "redis_url": os.environ.get("FLOWLINE_REDIS_URL", DEFAULT_REDIS_URL),
             "tls_ca": os.environ.get("FLOWLINE_TLS_CA"),
+            "http_host": os.environ.get("FLOWLINE_HTTP_HOST", "127.0.0.1"),
         }
+        port = os.environ.get("FLOWLINE_HTTP_PORT", "").strip()
+        if port:
+            try:
+                values["http_port"] = int(port)
+            except ValueError:
+                raise ConfigurationError(
+                    f"FLOWLINE_HTTP_PORT must be a port number, got {port!r}"
+                ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -93,7 +93,27 @@ def main() -> None:
     show_default=True,
     envvar="FLOWLINE_LOG_FORMAT",
 )
-@click.option("--log-level", default="INFO", show_default=True, envvar="FLOWLINE_LOG_LEVEL")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="FLOWLINE_LOG_LEVEL",
+    help="INFO logs a line per finished job; WARNING keeps only problems.",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    envvar="FLOWLINE_HTTP_PORT",
+    help="Serve /metrics, /healthz and /readyz on this port (0: any free port).",
+)
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="FLOWLINE_HTTP_HOST",
+    help="Address the HTTP endpoint binds (0.0.0.0 for every interface).",
+)
 def worker(
     target: str,
     nats_url: str | None,
@@ -104,6 +124,8 @@ def worker(
     only: tuple[str, ...],
     log_format: str,
     log_level: str,
+    http_port: int | None,
+    http_host: str,
 ) -> None:
     """Run the pipeline(s) at TARGET (module:attr): stream consumer, queue workers and cron."""
     _logging.configure(json=log_format == "json", level=log_level)
@@ -115,6 +137,8 @@ def worker(
             concurrency=concurrency,
             grace=grace,
             tls_ca=tls_ca,
+            http_port=http_port,
+            http_host=http_host,
         )
         await Runner(load(target), settings, only=only or None).serve()
 

@@ -212,7 +212,8 @@ class TestJobs:
 
         await started(worker)
         await Scripts(redis).enqueue(
-            keys=[Q.jobs, Q.delayed], args=[Q.job_prefix, 0, "ghost-1", "ghost", "{}", 0, "test"]
+            keys=[Q.jobs, Q.delayed],
+            args=[Q.job_prefix, 0, "ghost-1", "ghost", "{}", 0, "test", 1, ""],
         )
         [letter] = await eventually(lambda: dead(redis))
         assert letter["job_id"] == "ghost-1"

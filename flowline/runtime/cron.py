@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from .._pipeline import Pipeline
     from .._stages import Cron
+    from ..observability.metrics import Metrics
     from .scripts import Scripts
 
 log = structlog.get_logger("flowline.cron")
@@ -75,14 +76,26 @@ def next_tick(cron: Cron, now: float) -> float:
 class CronSource:
     """Fires one pipeline's Cron ticks, coordinated with every other process through Redis."""
 
-    def __init__(self, pipeline: Pipeline, cron: Cron, redis: Redis, scripts: Scripts) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        cron: Cron,
+        redis: Redis,
+        scripts: Scripts,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.pipeline = pipeline
+        self.metrics = metrics
         self.cron = cron
         self.redis = redis
         self.scripts = scripts
         self.mark = cron_key(pipeline.name, cron.topic)
         self.raise_mark = redis.register_script(_RAISE)
         self.log = log.bind(pipeline=pipeline.name, stage="cron", topic=cron.topic)
+
+    def _added(self, queue: str, count: int) -> None:
+        if self.metrics is not None:
+            self.metrics.enqueued(self.pipeline.name, queue, count)
 
     async def run(self, stop: asyncio.Event) -> None:
         first = True
@@ -118,14 +131,23 @@ class CronSource:
             if route is not None:
                 jobs = await call_router(route, event)
                 rows = plan(
-                    self.pipeline, jobs, f"cron:{self.cron.topic}:{tick_ms}", "cron", "route"
+                    self.pipeline,
+                    jobs,
+                    f"cron:{self.cron.topic}:{tick_ms}",
+                    "cron",
+                    "route",
+                    born_ms=tick_ms,
                 )
-                await write(self.redis, self.scripts, rows)
+                await write(self.redis, self.scripts, rows, self._added)
         except Exception as exc:
+            if self.metrics is not None:
+                self.metrics.error(self.pipeline.name, "cron")
             bus.emit("error:cron", "cron", error=exc, event=event)
             self.log.warning("cron tick failed; it will be retried", error=repr(exc))
             await self.redis.delete(lease)
             return False
         await self.raise_mark(keys=[self.mark], args=[tick_ms])
+        if self.metrics is not None:
+            self.metrics.cron_tick(self.pipeline.name, self.cron.topic)
         self.log.info("cron fired", scheduled=event.scheduled.isoformat())
         return True

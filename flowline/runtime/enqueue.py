@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .._stages import Job, seconds
@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
 
 class Planned(NamedTuple):
-    """A job ready to be written: its queue, stable id, topic and encoded data."""
+    """A job ready to be written: its queue, stable id, topic and encoded data.
+
+    `born_ms` is when the work began (the stream message's stored time, the cron tick; 0 means
+    the moment it is written), from which ``flowline_event_to_done_seconds`` is measured;
+    `trace` is the W3C traceparent the job's span continues ('' when not tracing).
+    """
 
     queue: str
     id: str
@@ -30,10 +35,19 @@ class Planned(NamedTuple):
     due_ms: int
     origin: str
     priority: int = 0
+    born_ms: int = 0
+    trace: str = ""
 
 
 def plan(
-    pipeline: Pipeline, jobs: Iterable[Job], base_id: str, origin: str, stage: str
+    pipeline: Pipeline,
+    jobs: Iterable[Job],
+    base_id: str,
+    origin: str,
+    stage: str,
+    *,
+    born_ms: int = 0,
+    trace: str = "",
 ) -> list[Planned]:
     """Give each job its id (``<base_id>:<index>``, or ``key:<key>``) and encode its data.
 
@@ -63,40 +77,57 @@ def plan(
                 raise
         due = 0 if not job.delay else int((time.time() + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
-        rows.append(Planned(topic.queue.name, job_id, job.topic, data, due, origin, job.priority))
+        rows.append(
+            Planned(
+                topic.queue.name, job_id, job.topic, data, due, origin, job.priority, born_ms, trace
+            )
+        )
     return rows
 
 
-def direct(pipeline: Pipeline, job: Job) -> list[Planned]:
+def direct(pipeline: Pipeline, job: Job, *, trace: str = "") -> list[Planned]:
     """The row of one job enqueued without a stream: a unique id, or ``key:<key>`` if keyed."""
-    return plan(pipeline, [job], f"direct:{uuid.uuid4().hex}", "direct", "enqueue")
+    return plan(pipeline, [job], f"direct:{uuid.uuid4().hex}", "direct", "enqueue", trace=trace)
 
 
-def _calls(rows: list[Planned]) -> list[tuple[list[str], list[str | int]]]:
-    """(KEYS, ARGV) of one ENQUEUE call per queue and priority class the rows go to."""
+def _calls(rows: list[Planned]) -> list[tuple[str, list[str], list[str | int]]]:
+    """(queue, KEYS, ARGV) of one ENQUEUE call per queue and priority class the rows go to."""
     by_stream: dict[tuple[str, bool], list[Planned]] = {}
     for row in rows:
         by_stream.setdefault((row.queue, row.priority > 0), []).append(row)
-    now = str(int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    now = str(now_ms)
     calls = []
     for (name, urgent), group in by_stream.items():
         keys = QueueKeys(name)
         args: list[str | int] = [keys.job_prefix, now]
         for r in group:
-            args += (r.id, r.topic, r.data, r.due_ms, r.origin)
-        calls.append(([keys.urgent if urgent else keys.jobs, keys.delayed], args))
+            args += (r.id, r.topic, r.data, r.due_ms, r.origin, r.born_ms or now_ms, r.trace)
+        calls.append((name, [keys.urgent if urgent else keys.jobs, keys.delayed], args))
     return calls
 
 
-async def write(redis: Redis, scripts: Scripts, rows: list[Planned]) -> int:
-    """Write rows with one atomic script call per queue; returns how many were new."""
-    added = 0
-    for keys, args in _calls(rows):
-        added += int(await scripts.enqueue(keys=keys, args=args))
-    return added
+async def write(
+    redis: Redis,
+    scripts: Scripts,
+    rows: list[Planned],
+    added: Callable[[str, int], None] | None = None,
+) -> int:
+    """Write rows with one atomic script call per queue; returns how many were new.
+
+    Args:
+        added: called with (queue, how many were new) after each queue's call (metrics).
+    """
+    total = 0
+    for queue, keys, args in _calls(rows):
+        new = int(await scripts.enqueue(keys=keys, args=args))
+        total += new
+        if added is not None:
+            added(queue, new)
+    return total
 
 
 def write_sync(redis: SyncRedis, rows: list[Planned]) -> int:
     """`write` for code that is not async (a Django view, a script)."""
     script = redis.register_script(ENQUEUE)
-    return sum(int(script(keys=keys, args=args)) for keys, args in _calls(rows))
+    return sum(int(script(keys=keys, args=args)) for _, keys, args in _calls(rows))

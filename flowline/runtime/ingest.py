@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import random
 import re
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
     from .._pipeline import Pipeline
     from .._stages import Stream
+    from ..observability.metrics import Metrics
     from .scripts import Scripts
 
 log = structlog.get_logger("flowline.ingest")
@@ -81,6 +83,7 @@ class StreamIngest:
         js: JetStreamContext,
         redis: Redis,
         scripts: Scripts,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.stream = stream
@@ -96,6 +99,11 @@ class StreamIngest:
         self.log = log.bind(pipeline=pipeline.name, stage="stream", subject=stream.subject)
         self._fan_in = self.route is not None and self.route.fan_in
         self._keep = int(max((q.options.keep_completed for q in pipeline.queues), default=86400))
+        self.metrics = metrics
+        self.stats = metrics.stream(pipeline.name, stream.subject) if metrics is not None else None
+        self._added = (
+            functools.partial(metrics.enqueued, pipeline.name) if metrics is not None else None
+        )
         self._concurrent_route = self.route is not None and (
             inspect.iscoroutinefunction(self.route.fn) or inspect.isasyncgenfunction(self.route.fn)
         )
@@ -182,17 +190,26 @@ class StreamIngest:
                             origin = fanin.origin_of(row.id)
                             totals[origin] = totals.get(origin, 0) + 1
                     await fanin.register(self.redis, self.pipeline.name, totals, self._keep)
-                await write(self.redis, self.scripts, rows)
+                await write(self.redis, self.scripts, rows, self._added)
             except Exception as exc:
                 err = EnqueueError(f"could not enqueue {len(rows)} jobs: {exc!r}", stage="enqueue")
                 self.log.warning("enqueue failed; messages will be redelivered", error=repr(exc))
+                self._count_error("enqueue")
                 self.bus.emit("error:enqueue", "enqueue", error=err, jobs=len(rows))
                 for msg in ready:
                     await msg.nak(delay=1.0)
+                if self.stats is not None:
+                    self.stats.retried += len(ready)
                 return False
         for msg in ready:
             await msg.ack()
+        if self.stats is not None:
+            self.stats.routed += len(ready)
         return True
+
+    def _count_error(self, stage: str) -> None:
+        if self.metrics is not None:
+            self.metrics.error(self.pipeline.name, stage)
 
     async def _prepare(self, msg: Msg) -> list[Planned] | None:
         """Decode and route one message; None when it was dead-lettered or handed back."""
@@ -218,6 +235,7 @@ class StreamIngest:
                     stage="decode",
                 ) from exc
         except DecodeError as decode_error:
+            self._count_error("decode")
             bus.emit(
                 "error:decode", "decode", error=decode_error, subject=msg.subject, sequence=seq
             )
@@ -229,19 +247,29 @@ class StreamIngest:
             return []
         try:
             jobs = await call_router(self.route, event)
-            rows = plan(self.pipeline, jobs, f"{self.stream_name}:{seq}", "stream", "route")
+            rows = plan(
+                self.pipeline,
+                jobs,
+                f"{self.stream_name}:{seq}",
+                "stream",
+                "route",
+                born_ms=int(meta.timestamp.timestamp() * 1000),
+            )
         except Exception as exc:
             err: Exception = (
                 exc
                 if isinstance(exc, (StageError, SerializationError))
                 else RouteError(str(exc), stage="route")
             )
+            self._count_error("route")
             bus.emit("error:route", "route", error=err, event=event, sequence=seq)
             deterministic = isinstance(exc, UnknownTopicError) or not isinstance(exc, RouteError)
             if deterministic or deliveries >= self.stream.max_deliver:
                 await self._bury(msg, err, "route", deliveries)
                 return None
             await msg.nak(delay=min(30.0, 0.5 * 2 ** (deliveries - 1)))
+            if self.stats is not None:
+                self.stats.retried += 1
             return None
         if bus.wants("route"):
             bus.emit("route", "route", event=event, jobs=jobs, sequence=seq)
@@ -256,6 +284,8 @@ class StreamIngest:
         except Exception as exc:
             self.log.warning("could not dead-letter message; will retry", error=repr(exc))
             await msg.nak(delay=1.0)
+            if self.stats is not None:
+                self.stats.retried += 1
             return
         self.log.warning(
             "message dead-lettered",
@@ -267,4 +297,5 @@ class StreamIngest:
             "dead-letter", stage, error=err, id=entry, sequence=msg.metadata.sequence.stream
         )
         await msg.term()
-        return
+        if self.stats is not None:
+            self.stats.dead_lettered += 1

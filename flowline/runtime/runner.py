@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Iterable
 from typing import Any
@@ -17,22 +18,29 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from redis.asyncio import Redis
+from prometheus_client import CollectorRegistry
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from .._compile import Plan, compile_plan
 from .._pipeline import Pipeline
 from .._settings import Settings, redact
 from .._stages import Job, Stream
-from ..errors import ConfigurationError, PipelineError
+from ..errors import ConfigurationError, EnqueueError, PipelineError
+from ..observability.http import HttpEndpoint, asgi_app
+from ..observability.metrics import Metrics
 from . import deadletters
 from .cron import CronSource
 from .emit import Emitter
 from .enqueue import direct, write
 from .ingest import StreamIngest, ensure_stream
+from .probe import Probe
 from .scripts import Scripts
 from .worker import QueueWorker, consumer_name
 
 log = structlog.get_logger("flowline.runner")
+
+# How long a command waits for a pooled connection before it fails like a Redis outage would.
+POOL_WAIT = 30.0
 
 
 async def connect_nats(settings: Settings) -> NATS:
@@ -73,15 +81,23 @@ async def connect_nats(settings: Settings) -> NATS:
         ) from None
 
 
-async def connect_redis(settings: Settings) -> Redis:
-    """A Redis client, checked with PING so a wrong URL fails at start, not mid-stream."""
-    redis = Redis.from_url(
+async def connect_redis(settings: Settings, max_connections: int = 32) -> Redis:
+    """A Redis client, checked with PING so a wrong URL fails at start, not mid-stream.
+
+    Its pool is a blocking one: past `max_connections` (or ``settings.redis_max_connections``)
+    a command waits for a free connection instead of failing, so no number of queues, handlers
+    or concurrent enqueues can make flowline's own Redis calls fail for want of connections.
+    """
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections or max_connections,
+        timeout=POOL_WAIT,
         health_check_interval=10,
         socket_keepalive=True,
         retry_on_timeout=True,
-        **settings.redis_connect_options(),  # type: ignore[arg-type]
+        **settings.redis_connect_options(),
     )
+    redis = Redis.from_pool(pool)
     try:
         await redis.ping()
     except Exception as exc:
@@ -93,7 +109,15 @@ async def connect_redis(settings: Settings) -> Redis:
 
 
 class Runner:
-    """Runs pipelines in this process: stream ingest, queue workers and cron, per the plan."""
+    """Runs pipelines in this process: stream ingest, queue workers and cron, per the plan.
+
+    Args:
+        target: a pipeline, a `Pipelines`, or an iterable of pipelines.
+        settings: servers and process options (default: `Settings.from_env()`).
+        only: run only these parts (``stream``, ``cron``, ``queue``, ``queue:NAME``).
+        registry: the prometheus-client registry for flowline's metrics (default: one of its
+            own; ``prometheus_client.REGISTRY`` puts them beside your application's).
+    """
 
     def __init__(
         self,
@@ -101,6 +125,7 @@ class Runner:
         settings: Settings | None = None,
         *,
         only: Iterable[str] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.plan: Plan = compile_plan(target, only)
         self.settings = settings or Settings.from_env()
@@ -108,14 +133,45 @@ class Runner:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.redis: Redis | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+        self.loops: dict[str, asyncio.Task[None]] = {}
+        self.ingests: list[StreamIngest] = []
+        self.metrics = Metrics(registry) if self.settings.metrics else None
+        self.probe = Probe(self)
+        self.http: HttpEndpoint | None = None
+        if self.settings.http_port is not None:
+            self.http = HttpEndpoint(self.asgi(), self.settings.http_host, self.settings.http_port)
         self._consumer = consumer_name()
         self._known_streams: set[str] = set()
 
+    def asgi(self) -> Any:
+        """``/metrics``, ``/healthz`` and ``/readyz`` of this runner, as an ASGI app to mount."""
+        registry = self.metrics.registry if self.metrics is not None else CollectorRegistry()
+        return asgi_app(self.probe, registry)
+
+    def _pool_size(self) -> int:
+        # Each queue holds one connection in a blocking read and briefly uses a few more (flush,
+        # heartbeat, maintenance); handlers' progress writes and enqueues share the rest.
+        p = self.plan
+        return 32 + 4 * len(p.queues) + 2 * len(p.streams) + len(p.crons)
+
     async def start(self) -> None:
-        """Connect, create streams, consumers and queue groups, and start every loop."""
+        """Serve HTTP (if asked), connect, create streams, consumers and queue groups, start
+        every loop."""
+        if self.http is not None:
+            # First, so /healthz answers (and /readyz says "starting") while we connect.
+            await self.http.start()
+            log.info("flowline serving /metrics /healthz /readyz", url=self.http.url)
+        try:
+            await self._start()
+        except BaseException:
+            if self.http is not None:
+                await self.http.stop()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
-        self.redis = await connect_redis(s)
+        self.redis = await connect_redis(s, self._pool_size())
         self.scripts = Scripts(self.redis)
         if any(isinstance(p.source, Stream) for p in self.plan.pipelines):
             self.nc = await connect_nats(s)
@@ -124,8 +180,9 @@ class Runner:
             pipeline._runner = self  # lets pipeline.publish / pipeline.enqueue use this runner
         for p, stream in self.plan.streams:
             assert self.js is not None
-            ingest = StreamIngest(p, stream, self.js, self.redis, self.scripts)
+            ingest = StreamIngest(p, stream, self.js, self.redis, self.scripts, self.metrics)
             await ingest.setup()
+            self.ingests.append(ingest)
             self._spawn(ingest.run(self.stop_event), f"stream:{p.name}")
         emitter = Emitter(self.publish_to, self.redis)
         for p, queue in self.plan.queues:
@@ -137,11 +194,12 @@ class Runner:
                 concurrency=s.concurrency,
                 consumer=f"{self._consumer}-{queue.name}",
                 emitter=emitter,
+                metrics=self.metrics,
             )
             await worker.setup()
             self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
         for p, cron in self.plan.crons:
-            source = CronSource(p, cron, self.redis, self.scripts)
+            source = CronSource(p, cron, self.redis, self.scripts, self.metrics)
             self._spawn(source.run(self.stop_event), f"cron:{cron.topic}")
         log.info(
             "flowline started",
@@ -151,7 +209,9 @@ class Runner:
             crons=[c.topic for _, c in self.plan.crons],
             nats=redact(s.nats_url),
             redis=redact(s.redis_url),
+            http=self.http.url if self.http is not None else None,
         )
+        self.started = True
 
     async def _jetstream(self) -> JetStreamContext:
         """JetStream, connecting on first use (a queue-only process may never need NATS)."""
@@ -163,7 +223,7 @@ class Runner:
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._on_task_done)
-        self._tasks.append(task)
+        self.loops[name] = task
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -177,7 +237,7 @@ class Runner:
     async def stop(self) -> None:
         """Stop taking work, let in-flight jobs finish (within `grace`), close connections."""
         self.stop_event.set()
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        results = await asyncio.gather(*self.loops.values(), return_exceptions=True)
         for p in self.plan.pipelines:
             await p.bus.drain()
             if p._runner is self:
@@ -187,6 +247,8 @@ class Runner:
             await self.nc.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.http is not None:
+            await self.http.stop()
         crashed = [
             r
             for r in results
@@ -254,7 +316,17 @@ class Runner:
         """
         assert self.redis is not None
         rows = direct(pipeline, Job(topic, data, delay=delay, key=key, priority=priority))
-        await write(self.redis, self.scripts, rows)
+        added = None
+        if self.metrics is not None:
+            added = functools.partial(self.metrics.enqueued, pipeline.name)
+        try:
+            await write(self.redis, self.scripts, rows, added)
+        except Exception as exc:
+            raise EnqueueError(
+                f"could not enqueue job {rows[0].id} of topic {topic!r}: {type(exc).__name__}: "
+                f"{exc}",
+                stage="enqueue",
+            ) from exc
         return rows[0].id
 
     async def dead_letters(self, pipeline: Pipeline) -> list[deadletters.DeadLetter]:

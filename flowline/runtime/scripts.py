@@ -11,24 +11,36 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+# A job's entry in a ready stream holds: id, topic, data, attempt, born (when the work began, ms:
+# the stream message's stored time, the cron tick, or the direct enqueue) and, when tracing, the
+# W3C traceparent it continues. Every script that re-adds a job carries born and trace along.
+
 # KEYS: ready stream (jobs, or urgent for priority jobs), delayed zset. ARGV: job key prefix,
-# now ms, then per job: id, topic, data, due ms (0 = now), origin. Returns how many were new.
+# now ms, then per job: id, topic, data, due ms (0 = now), origin, born ms, traceparent ('' for
+# none). Returns how many were new.
 ENQUEUE = """
 local prefix, now, added = ARGV[1], ARGV[2], 0
-for i = 3, #ARGV, 5 do
+for i = 3, #ARGV, 7 do
   local id = ARGV[i]
   local key = prefix .. id
   if redis.call('EXISTS', key) == 0 then
     local due = tonumber(ARGV[i + 3])
+    local trace = ARGV[i + 6]
     if due > 0 then
       redis.call('HSET', key, 'state', 'delayed', 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
-        'attempt', 1, 'created', now, 'origin', ARGV[i + 4], 'stream', KEYS[1])
+        'attempt', 1, 'created', now, 'origin', ARGV[i + 4], 'stream', KEYS[1],
+        'born', ARGV[i + 5], 'trace', trace)
       redis.call('ZADD', KEYS[2], due, id)
     else
       redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[i + 1], 'attempt', 1,
         'created', now, 'origin', ARGV[i + 4])
-      redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
-        'attempt', 1)
+      if trace == '' then
+        redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
+          'attempt', 1, 'born', ARGV[i + 5])
+      else
+        redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
+          'attempt', 1, 'born', ARGV[i + 5], 'trace', trace)
+      end
     end
     added = added + 1
   end
@@ -56,7 +68,7 @@ return 1
 
 # KEYS: the job's ready stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms,
 # keep s, entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
-# dead-letter record json, consumer.
+# dead-letter record json, consumer, born ms, traceparent.
 # Does nothing (returns 'lost') unless `consumer` still holds the entry: so a call repeated
 # after its reply was lost, or sent by a worker whose job was taken over, adds no second copy.
 FAIL = """
@@ -79,9 +91,11 @@ end
 redis.call('HSET', key, 'attempt', attempt, 'error', ARGV[11])
 if due == 0 then
   redis.call('HSET', key, 'state', 'queued')
-  redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data, 'attempt', attempt)
+  redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data, 'attempt', attempt,
+    'born', ARGV[14], 'trace', ARGV[15])
 else
-  redis.call('HSET', key, 'state', 'retrying', 'data', data, 'topic', topic, 'stream', KEYS[1])
+  redis.call('HSET', key, 'state', 'retrying', 'data', data, 'topic', topic, 'stream', KEYS[1],
+    'born', ARGV[14], 'trace', ARGV[15])
   redis.call('ZADD', KEYS[2], due, id)
 end
 return ''
@@ -94,12 +108,12 @@ local prefix = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local key = prefix .. id
-  local f = redis.call('HMGET', key, 'topic', 'data', 'attempt', 'stream')
+  local f = redis.call('HMGET', key, 'topic', 'data', 'attempt', 'stream', 'born', 'trace')
   if f[1] then
     redis.call('XADD', f[4] or KEYS[1], '*', 'id', id, 'topic', f[1], 'data', f[2],
-      'attempt', f[3])
+      'attempt', f[3], 'born', f[5] or '0', 'trace', f[6] or '')
     redis.call('HSET', key, 'state', 'queued')
-    redis.call('HDEL', key, 'data')
+    redis.call('HDEL', key, 'data', 'born', 'trace')
   end
   redis.call('ZREM', KEYS[2], id)
 end
@@ -109,7 +123,7 @@ return {#ids, nxt[2] or '-1'}
 
 # KEYS: a ready stream. ARGV: group, consumer, min idle ms, cursor, count, job key prefix.
 # Claims jobs whose worker stopped heart-beating; counts the attempt up.
-# Returns {next cursor, {entry id, job id, topic, data, attempt}...}.
+# Returns {next cursor, {entry id, job id, topic, data, attempt, born, trace}...}.
 RECLAIM = """
 local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   'COUNT', ARGV[5])
@@ -120,7 +134,8 @@ for _, e in ipairs(res[2]) do
   for j = 1, #fields, 2 do f[fields[j]] = fields[j + 1] end
   if f.id then
     local attempt = redis.call('HINCRBY', ARGV[6] .. f.id, 'attempt', 1)
-    table.insert(out, {e[1], f.id, f.topic, f.data, tostring(attempt)})
+    table.insert(out, {e[1], f.id, f.topic, f.data, tostring(attempt), f.born or '0',
+      f.trace or ''})
   end
 end
 return out
@@ -141,14 +156,14 @@ end
 return lost
 """
 
-# KEYS: a ready stream. ARGV: group, then per job: entry id, job id, topic, data, attempt.
-# Hands unfinished jobs back on shutdown: same job, new entry, readable at once.
+# KEYS: a ready stream. ARGV: group, then per job: entry id, job id, topic, data, attempt,
+# born, trace. Hands unfinished jobs back on shutdown: same job, new entry, readable at once.
 RELEASE = """
-for i = 2, #ARGV, 5 do
+for i = 2, #ARGV, 7 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     redis.call('XDEL', KEYS[1], ARGV[i])
     redis.call('XADD', KEYS[1], '*', 'id', ARGV[i + 1], 'topic', ARGV[i + 2],
-      'data', ARGV[i + 3], 'attempt', ARGV[i + 4])
+      'data', ARGV[i + 3], 'attempt', ARGV[i + 4], 'born', ARGV[i + 5], 'trace', ARGV[i + 6])
   end
 end
 return 1
@@ -162,7 +177,7 @@ redis.call('DEL', key)
 redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[5], 'attempt', 1, 'created', ARGV[2],
   'origin', 'replay')
 redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'topic', ARGV[5], 'data', ARGV[6],
-  'attempt', 1)
+  'attempt', 1, 'born', ARGV[2])
 return redis.call('XDEL', KEYS[2], ARGV[3])
 """
 

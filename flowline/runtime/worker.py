@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import logging
 import os
 import random
 import socket
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from .._pipeline import Pipeline, Topic
     from .._stages import Queue
+    from ..observability.metrics import JobStats, Metrics
     from .emit import Emitter
     from .scripts import Scripts
 
@@ -58,8 +60,52 @@ class Running:
     topic: str
     data: bytes
     attempt: int
+    born: int = 0  # when its work began (ms): the stream message's stored time, or enqueue
+    trace: str = ""  # the W3C traceparent its span continues, when tracing
     task: asyncio.Task[None] | None = None
     settling: bool = False  # its failure is being recorded
+    started: float = 0.0  # wall-clock start of the handler
+    duration: float = 0.0  # how long the handler ran (seconds)
+
+    @classmethod
+    def from_entry(cls, stream: str, entry: bytes, fields: dict[bytes, bytes]) -> Running:
+        """The job a ready stream's entry holds (entries written before `born` existed lack it)."""
+        born = fields.get(b"born")
+        trace = fields.get(b"trace")
+        return cls(
+            stream,
+            entry.decode(),
+            fields[b"id"].decode(),
+            fields[b"topic"].decode(),
+            fields[b"data"],
+            int(fields[b"attempt"]),
+            int(born) if born else 0,
+            trace.decode() if trace else "",
+        )
+
+    @classmethod
+    def from_reclaim(cls, stream: str, row: list[bytes]) -> Running:
+        """The job of one row the RECLAIM script returns."""
+        entry, job_id, topic, data, attempt, born, trace = row
+        return cls(
+            stream,
+            entry.decode(),
+            job_id.decode(),
+            topic.decode(),
+            data,
+            int(attempt),
+            int(born or 0),
+            trace.decode() if trace else "",
+        )
+
+    @property
+    def ready_at(self) -> float:
+        """When the job became ready (epoch seconds): Redis stamps it in the entry id."""
+        return int(self.entry.partition("-")[0]) / 1000
+
+    def release_args(self) -> tuple[str | bytes | int, ...]:
+        """Its row of the RELEASE script's ARGV."""
+        return (self.entry, self.job_id, self.topic, self.data, self.attempt, self.born, self.trace)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -80,6 +126,7 @@ class QueueWorker:
         concurrency: int | None = None,
         consumer: str | None = None,
         emitter: Emitter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.emitter = emitter
@@ -115,6 +162,17 @@ class QueueWorker:
         self._sync_handlers = {
             name: not (inspect.iscoroutinefunction(t.handler)) for name, t in self.topics.items()
         }
+        # Looked up once: the hot path updates these objects' fields directly.
+        self._stats: dict[str, JobStats] = {}
+        if metrics is not None:
+            self._stats = {
+                name: metrics.job(pipeline.name, queue.name, name) for name in self.topics
+            }
+            metrics.watch_running(pipeline.name, queue.name, lambda: self._running)
+        self._metrics = metrics
+        # Checked once: with INFO off (--log-level WARNING) the per-job lines cost nothing.
+        enabled = getattr(self.log, "is_enabled_for", None)
+        self._log_jobs: bool = enabled(logging.INFO) if enabled is not None else True
 
     async def setup(self) -> None:
         """Create the queue's streams and consumer group if they do not exist yet."""
@@ -190,14 +248,7 @@ class QueueWorker:
             for raw_stream, entries in reply or ():
                 stream = raw_stream.decode()
                 for entry, fields in entries:
-                    job = Running(
-                        stream,
-                        entry.decode(),
-                        fields[b"id"].decode(),
-                        fields[b"topic"].decode(),
-                        fields[b"data"],
-                        int(fields[b"attempt"]),
-                    )
+                    job = Running.from_entry(stream, entry, fields)
                     # COUNT applies per stream, so both streams together may exceed the free
                     # slots: the rest waits here, claimed and kept alive by the heartbeat.
                     if self._running < self.concurrency:
@@ -242,17 +293,25 @@ class QueueWorker:
             )
             if bus.wants("job:start"):
                 bus.emit("job:start", "job", job=ctx)
-            if topic.timeout is None:
-                result = await self._call(topic, ctx)
-            else:
-                try:
-                    async with asyncio.timeout(topic.timeout):
-                        result = await self._call(topic, ctx)
-                except TimeoutError as exc:
-                    raise JobTimeout(
-                        f"handler {topic.handler_name} ran past its {topic.timeout:g}s timeout",
-                        stage=job.topic,
-                    ) from exc
+            job.started = started = time.time()
+            stats = self._stats.get(job.topic)
+            if stats is not None:
+                stats.started += 1
+                stats.wait.observe(max(0.0, started - job.ready_at))
+            try:
+                if topic.timeout is None:
+                    result = await self._call(topic, ctx)
+                else:
+                    try:
+                        async with asyncio.timeout(topic.timeout):
+                            result = await self._call(topic, ctx)
+                    except TimeoutError as exc:
+                        raise JobTimeout(
+                            f"handler {topic.handler_name} ran past its {topic.timeout:g}s timeout",
+                            stage=job.topic,
+                        ) from exc
+            finally:
+                job.duration = time.time() - started
             encoded = dumps(result, what=f"result of job {job.job_id}")
         except asyncio.CancelledError:
             raise
@@ -290,9 +349,8 @@ class QueueWorker:
             err = JobError(f"{type(exc).__name__}: {exc}", stage=job.topic)
             err.__cause__ = exc
         if not retry:
-            self.log.warning(
-                "job failed", job=job.job_id, topic=job.topic, attempt=job.attempt, error=str(exc)
-            )
+            if self._metrics is not None:
+                self._metrics.error(self.pipeline.name, "job")
             self.bus.emit("error:job", "job", job=ctx, error=err, topic=job.topic, id=job.job_id)
         delay = -1.0
         if can_retry:
@@ -333,6 +391,8 @@ class QueueWorker:
                         str(exc),
                         record,
                         self.consumer,
+                        job.born,
+                        job.trace,
                     ],
                 )
                 break
@@ -345,11 +405,47 @@ class QueueWorker:
             # its reply was lost: either way it is recorded once, by someone else's call.
             self.log.warning("failure not recorded: job no longer held here", job=job.job_id)
             return
+        stats = self._stats.get(job.topic)
+        if stats is not None:
+            stats.failed += 1
+            if job.started:  # the handler ran (not: bad data, or reclaimed too often)
+                stats.duration.observe(job.duration)
         if due >= 0:
+            if stats is not None:
+                stats.retried += 1
+            self.log.warning(
+                "job failed",
+                topic=job.topic,
+                job=job.job_id,
+                attempt=job.attempt,
+                duration=round(job.duration, 6),
+                outcome="retry",
+                delay=round(delay, 3),
+                error=str(exc),
+            )
             self.bus.emit("job:retry", "job", job=ctx, id=job.job_id, error=err, delay=delay)
             return
-        self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, error=err)
+        if stats is not None:
+            stats.dead_lettered += 1
         dead_id = dead.decode() if isinstance(dead, bytes) else dead
+        self.log.error(
+            "job failed",
+            topic=job.topic,
+            job=job.job_id,
+            attempt=job.attempt,
+            duration=round(job.duration, 6),
+            outcome="failed",
+            error=str(exc),
+        )
+        self.log.warning(
+            "job dead-lettered",
+            topic=job.topic,
+            job=job.job_id,
+            attempt=job.attempt,
+            dead_letter=dead_id,
+            error=str(exc),
+        )
+        self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, error=err)
         self.bus.emit("dead-letter", "job", job=ctx, id=dead_id, error=err, topic=job.topic)
         await self._finished([job.job_id])
 
@@ -385,6 +481,19 @@ class QueueWorker:
             claims = self.claims
             for job, _, _ in batch:
                 claims.pop(job.key, None)
+            if self._stats:
+                self._count_completed(batch, now / 1000)
+            if self._log_jobs:
+                info = self.log.info
+                for job, _, _ in batch:
+                    info(
+                        "job completed",
+                        topic=job.topic,
+                        job=job.job_id,
+                        attempt=job.attempt,
+                        duration=round(job.duration, 6),
+                        outcome="completed",
+                    )
             bus = self.bus
             if bus.wants("job:complete"):
                 for job, _, result in batch:
@@ -397,6 +506,16 @@ class QueueWorker:
                         attempt=job.attempt,
                     )
             await self._finished([job.job_id for job, _, _ in batch])
+
+    def _count_completed(self, batch: list[tuple[Running, str, Any]], now: float) -> None:
+        stats = self._stats
+        for job, _, _ in batch:
+            s = stats.get(job.topic)
+            if s is not None:
+                s.completed += 1
+                s.duration.observe(job.duration)
+                if job.born:
+                    s.event_to_done.observe(max(0.0, now - job.born / 1000))
 
     async def _finished(self, job_ids: list[str]) -> None:
         """Fan-in: emit ``route:complete`` for messages whose last job just finished."""
@@ -503,10 +622,8 @@ class QueueWorker:
             )
             cursor, *entries = reply
             self._reclaim_cursors[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
-            for entry, job_id, topic, data, attempt in entries:
-                job = Running(
-                    stream, entry.decode(), job_id.decode(), topic.decode(), data, int(attempt)
-                )
+            for row in entries:
+                job = Running.from_reclaim(stream, row)
                 if job.key in self.claims:
                     continue  # ours and still running: XAUTOCLAIM just refreshed our claim
                 self.log.warning(
@@ -547,7 +664,7 @@ class QueueWorker:
         for stream, jobs in by_stream.items():
             await self.scripts.release(
                 keys=[stream],
-                args=[GROUP, *flat((j.entry, j.job_id, j.topic, j.data, j.attempt) for j in jobs)],
+                args=[GROUP, *flat(j.release_args() for j in jobs)],
             )
             for j in jobs:
                 self.claims.pop(j.key, None)

@@ -135,7 +135,7 @@ class TestLostReplies:
         q = self.Q
         await redis.xgroup_create(q.jobs, GROUP, id="0", mkstream=True)
         await Scripts(redis).enqueue(
-            keys=[q.jobs, q.delayed], args=[q.job_prefix, 1, "j1", "t", "{}", 0, "test"]
+            keys=[q.jobs, q.delayed], args=[q.job_prefix, 1, "j1", "t", "{}", 0, "test", 1, ""]
         )
         [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "c1", {q.jobs: ">"}, count=1)
         return entry.decode()
@@ -159,6 +159,8 @@ class TestLostReplies:
                 "boom",
                 "{}",
                 consumer,
+                1,
+                "",
             ],
         )
 
@@ -222,7 +224,7 @@ class TestClaims:
         for stream, job_id, sleep in ((q.urgent, "short", 1.0), (q.jobs, "long", 3.0)):
             await scripts.enqueue(
                 keys=[stream, q.delayed],
-                args=[q.job_prefix, 1, job_id, "work", json.dumps({"sleep": sleep}), 0, "t"],
+                args=[q.job_prefix, 1, job_id, "work", json.dumps({"sleep": sleep}), 0, "t", 1, ""],
             )
         stop = asyncio.Event()
         return worker, stop, asyncio.create_task(worker.run(stop, grace=5))

@@ -1,0 +1,1 @@
+"""Seeing a running flowline: Prometheus metrics, health endpoints and (optional) tracing."""

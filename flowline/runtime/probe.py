@@ -1,0 +1,171 @@
+"""What a runner tells its HTTP endpoint: readiness, and the gauges read from the servers.
+
+Readiness asks each server once per request (a PING, a NATS flush), each bounded by
+`CHECK_TIMEOUT`, so ``/readyz`` turns 503 within seconds of a server going away and back to
+200 as soon as it answers again. The gauges are read in one round trip per server (a Redis
+pipeline; one JetStream consumer-info request per stream consumer) and cached for
+`SAMPLE_EVERY`, so a scrape storm does not load the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ..observability.metrics import ServerSnapshot
+from .keys import GROUP, QueueKeys
+
+if TYPE_CHECKING:
+    from .runner import Runner
+
+log = structlog.get_logger("flowline.probe")
+
+CHECK_TIMEOUT = 2
+SAMPLE_EVERY = 1.0
+
+
+class Probe:
+    """Answers ``/readyz`` and refreshes the server gauges of one runner."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self._sampled = -SAMPLE_EVERY
+        self._lock = asyncio.Lock()
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, body): body is ``{"status", "nats", "redis", "loops": {name: state}}``."""
+        r = self.runner
+        redis, nats = await asyncio.gather(self._redis(), self._nats())
+        loops = {name: _state(task) for name, task in r.loops.items()}
+        if r.stop_event.is_set():
+            status = "stopping"
+        elif not r.started:
+            status = "starting"
+        else:
+            status = "ok"
+        ready = (
+            status == "ok"
+            and redis == "ok"
+            and nats in ("ok", "not used")
+            and all(state == "running" for state in loops.values())
+        )
+        if status == "ok" and not ready:
+            status = "degraded"
+        return ready, {"status": status, "nats": nats, "redis": redis, "loops": loops}
+
+    async def _redis(self) -> str:
+        redis = self.runner.redis
+        if redis is None:
+            return "not connected"
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                await redis.ping()
+        except Exception as exc:
+            return _failure(exc)
+        return "ok"
+
+    async def _nats(self) -> str:
+        r = self.runner
+        if r.nc is None:
+            return "not connected" if r.plan.streams else "not used"
+        if not r.nc.is_connected:
+            return "disconnected"
+        try:
+            await r.nc.flush(timeout=CHECK_TIMEOUT)
+        except Exception as exc:
+            return _failure(exc)
+        return "ok"
+
+    async def sample(self) -> None:
+        """Refresh the server gauges unless they were read within `SAMPLE_EVERY`."""
+        metrics = self.runner.metrics
+        if metrics is None:
+            return
+        async with self._lock:  # concurrent scrapes share one read
+            if time.monotonic() - self._sampled < SAMPLE_EVERY:
+                return
+            queues, streams = await asyncio.gather(self._queues(), self._streams())
+            self._sampled = time.monotonic()
+            metrics.server = ServerSnapshot(self._sampled, queues, streams)
+
+    async def _queues(self) -> dict[tuple[str, str], dict[str, int]] | None:
+        """Every queue of the runner's pipelines, in one pipelined round trip."""
+        redis = self.runner.redis
+        targets = [(p.name, q.name) for p in self.runner.plan.pipelines for q in p.queues]
+        if redis is None or not targets:
+            return None if redis is None else {}
+        pipe = redis.pipeline(transaction=False)
+        for _, name in targets:
+            keys = QueueKeys(name)
+            for stream in keys.streams:
+                pipe.xlen(stream)
+                pipe.xpending(stream, GROUP)
+            pipe.zcard(keys.delayed)
+            pipe.xlen(keys.dead)
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                # A queue no worker has set up yet has no group: XPENDING's error then means 0.
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            log.debug("queue gauges not read", error=repr(exc))
+            return None
+        if replies and all(isinstance(x, Exception) for x in replies):
+            return None
+        out = {}
+        for i, labels in enumerate(targets):
+            urgent_len, urgent_pending, jobs_len, jobs_pending, delayed, dead = replies[
+                i * 6 : i * 6 + 6
+            ]
+            running = _pending(urgent_pending) + _pending(jobs_pending)
+            out[labels] = {
+                "ready": _int(urgent_len) + _int(jobs_len) - running,
+                "running": running,
+                "delayed": _int(delayed),
+                "dead": _int(dead),
+            }
+        return out
+
+    async def _streams(self) -> dict[tuple[str, str], tuple[int, int]] | None:
+        """The durable consumer of each stream this runner consumes."""
+        r = self.runner
+        if not r.ingests:
+            return {}
+        if r.js is None or r.nc is None or not r.nc.is_connected:
+            return None
+        out = {}
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                for ingest in r.ingests:
+                    info = await r.js.consumer_info(ingest.stream_name, ingest.durable)
+                    key = (ingest.pipeline.name, ingest.stream.subject)
+                    out[key] = (int(info.num_pending or 0), int(info.num_ack_pending or 0))
+        except Exception as exc:
+            log.debug("stream gauges not read", error=repr(exc))
+            return None
+        return out
+
+
+def _state(task: asyncio.Task[None]) -> str:
+    if not task.done():
+        return "running"
+    if task.cancelled():
+        return "stopped"
+    exc = task.exception()
+    return "stopped" if exc is None else f"crashed: {type(exc).__name__}: {exc}"
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CHECK_TIMEOUT:g}s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _int(value: Any) -> int:
+    return 0 if isinstance(value, Exception) else int(value)
+
+
+def _pending(value: Any) -> int:
+    return 0 if isinstance(value, Exception) else int(value["pending"])
