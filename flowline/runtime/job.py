@@ -6,6 +6,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
+from redis.exceptions import RedisError
+
 from ..errors import SerializationError
 
 if TYPE_CHECKING:
@@ -14,6 +17,8 @@ if TYPE_CHECKING:
     from .._events import EventBus
     from .._pipeline import Pipeline
     from .emit import Emitter
+
+log = structlog.get_logger("flowline.job")
 
 Handler = Callable[["JobContext"], Awaitable[Any] | Any]
 
@@ -88,11 +93,18 @@ class JobContext:
         self._emits = 0
 
     async def progress(self, percent: float) -> None:
-        """Report progress (0..100): stored on the job record and emitted as ``job:progress``."""
+        """Report progress (0..100): stored on the job record and emitted as ``job:progress``.
+
+        Best effort: when Redis cannot store it (an outage), a warning is logged and the
+        handler goes on; progress is information, never a reason for the job to fail.
+        """
         if not 0 <= percent <= 100:
             raise ValueError(f"progress must be within 0..100, got {percent}")
         if self._redis is not None:
-            await self._redis.hset(self._key, "progress", percent)
+            try:
+                await self._redis.hset(self._key, "progress", percent)
+            except RedisError as exc:
+                log.warning("progress not stored", job=self.id, progress=percent, error=repr(exc))
         if self._bus is not None:
             self._bus.emit("job:progress", "job", job=self, progress=percent)
 
