@@ -4,6 +4,9 @@ The n-th emit of a job gets the message id ``<job id>:emit:<n>`` and, once JetSt
 it, a mark ``emitted:<n>`` on the job's record. A retried job that reaches its n-th emit again
 finds the mark and skips the publish; a crash between publish and mark is covered by
 JetStream's duplicate window, which drops the second publish with the same id.
+
+With tracing on, the follow-up continues the job's trace: the job's span is current while its
+handler runs, and the publish puts the current context in the message's headers.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from ..errors import (
     StageError,
     UnknownTopicError,
 )
+from ..observability.tracing import get_tracing
 from . import deadletters, fanin
 from .enqueue import Planned, plan, write
 from .routing import call_router
@@ -107,6 +108,7 @@ class StreamIngest:
         self._concurrent_route = self.route is not None and (
             inspect.iscoroutinefunction(self.route.fn) or inspect.isasyncgenfunction(self.route.fn)
         )
+        self.tracing = get_tracing()  # looked up again per batch: the app may set it up later
 
     async def setup(self) -> None:
         """Create the stream (if no stream captures the subject) and the durable consumer."""
@@ -171,6 +173,7 @@ class StreamIngest:
 
     async def process(self, msgs: list[Msg]) -> bool:
         """Route a batch, enqueue all its jobs, ack; returns False when Redis refused them."""
+        self.tracing = get_tracing()
         if self._concurrent_route:
             results = await asyncio.gather(*(self._prepare(m) for m in msgs))
         else:
@@ -182,6 +185,7 @@ class StreamIngest:
                 rows.extend(planned)
                 ready.append(msg)
         if rows:
+            sending = self.tracing.send(rows) if self.tracing is not None else None
             try:
                 if self._fan_in:
                     totals: dict[str, int] = {}
@@ -192,6 +196,8 @@ class StreamIngest:
                     await fanin.register(self.redis, self.pipeline.name, totals, self._keep)
                 await write(self.redis, self.scripts, rows, self._added)
             except Exception as exc:
+                if sending is not None:
+                    sending.fail(exc)
                 err = EnqueueError(f"could not enqueue {len(rows)} jobs: {exc!r}", stage="enqueue")
                 self.log.warning("enqueue failed; messages will be redelivered", error=repr(exc))
                 self._count_error("enqueue")
@@ -201,6 +207,8 @@ class StreamIngest:
                 if self.stats is not None:
                     self.stats.retried += len(ready)
                 return False
+            if sending is not None:
+                sending.end()
         for msg in ready:
             await msg.ack()
         if self.stats is not None:
@@ -217,63 +225,87 @@ class StreamIngest:
         seq = meta.sequence.stream
         deliveries = meta.num_delivered
         bus = self.bus
+        span = None
+        trace = ""
+        if self.tracing is not None:
+            span = self.tracing.message(
+                subject=msg.subject,
+                sequence=seq,
+                headers=msg.headers,
+                size=len(msg.data),
+                group=self.durable,
+                deliveries=deliveries,
+                pipeline=self.pipeline.name,
+            )
+            trace = span.traceparent
         try:
-            if len(msg.data) > self.stream.max_payload:
-                raise DecodeError(
-                    f"message of {len(msg.data)} bytes exceeds max_payload "
-                    f"({self.stream.max_payload})",
-                    stage="decode",
-                )
-            if not msg.data:
-                raise DecodeError("empty message", stage="decode")
             try:
-                event = self.stream.decode(msg.data)
-            except Exception as exc:
-                raise DecodeError(
-                    f"could not decode message {seq} of {self.stream.subject!r} with "
-                    f"{self.stream.describe()}: {type(exc).__name__}: {exc}",
-                    stage="decode",
-                ) from exc
-        except DecodeError as decode_error:
-            self._count_error("decode")
-            bus.emit(
-                "error:decode", "decode", error=decode_error, subject=msg.subject, sequence=seq
-            )
-            await self._bury(msg, decode_error, "decode", deliveries)
-            return None
-        if bus.wants("stream"):
-            bus.emit("stream", "stream", event=event, subject=msg.subject, sequence=seq)
-        if self.route is None:
-            return []
-        try:
-            jobs = await call_router(self.route, event)
-            rows = plan(
-                self.pipeline,
-                jobs,
-                f"{self.stream_name}:{seq}",
-                "stream",
-                "route",
-                born_ms=int(meta.timestamp.timestamp() * 1000),
-            )
-        except Exception as exc:
-            err: Exception = (
-                exc
-                if isinstance(exc, (StageError, SerializationError))
-                else RouteError(str(exc), stage="route")
-            )
-            self._count_error("route")
-            bus.emit("error:route", "route", error=err, event=event, sequence=seq)
-            deterministic = isinstance(exc, UnknownTopicError) or not isinstance(exc, RouteError)
-            if deterministic or deliveries >= self.stream.max_deliver:
-                await self._bury(msg, err, "route", deliveries)
+                if len(msg.data) > self.stream.max_payload:
+                    raise DecodeError(
+                        f"message of {len(msg.data)} bytes exceeds max_payload "
+                        f"({self.stream.max_payload})",
+                        stage="decode",
+                    )
+                if not msg.data:
+                    raise DecodeError("empty message", stage="decode")
+                try:
+                    event = self.stream.decode(msg.data)
+                except Exception as exc:
+                    raise DecodeError(
+                        f"could not decode message {seq} of {self.stream.subject!r} with "
+                        f"{self.stream.describe()}: {type(exc).__name__}: {exc}",
+                        stage="decode",
+                    ) from exc
+            except DecodeError as decode_error:
+                if span is not None:
+                    span.fail(decode_error)
+                self._count_error("decode")
+                bus.emit(
+                    "error:decode", "decode", error=decode_error, subject=msg.subject, sequence=seq
+                )
+                await self._bury(msg, decode_error, "decode", deliveries)
                 return None
-            await msg.nak(delay=min(30.0, 0.5 * 2 ** (deliveries - 1)))
-            if self.stats is not None:
-                self.stats.retried += 1
-            return None
-        if bus.wants("route"):
-            bus.emit("route", "route", event=event, jobs=jobs, sequence=seq)
-        return rows
+            if bus.wants("stream"):
+                bus.emit("stream", "stream", event=event, subject=msg.subject, sequence=seq)
+            if self.route is None:
+                return []
+            try:
+                jobs = await call_router(self.route, event)
+                rows = plan(
+                    self.pipeline,
+                    jobs,
+                    f"{self.stream_name}:{seq}",
+                    "stream",
+                    "route",
+                    born_ms=int(meta.timestamp.timestamp() * 1000),
+                    trace=trace,
+                )
+            except Exception as exc:
+                err: Exception = (
+                    exc
+                    if isinstance(exc, (StageError, SerializationError))
+                    else RouteError(str(exc), stage="route")
+                )
+                if span is not None:
+                    span.fail(err)
+                self._count_error("route")
+                bus.emit("error:route", "route", error=err, event=event, sequence=seq)
+                deterministic = isinstance(exc, UnknownTopicError) or not isinstance(
+                    exc, RouteError
+                )
+                if deterministic or deliveries >= self.stream.max_deliver:
+                    await self._bury(msg, err, "route", deliveries)
+                    return None
+                await msg.nak(delay=min(30.0, 0.5 * 2 ** (deliveries - 1)))
+                if self.stats is not None:
+                    self.stats.retried += 1
+                return None
+            if bus.wants("route"):
+                bus.emit("route", "route", event=event, jobs=jobs, sequence=seq)
+            return rows
+        finally:
+            if span is not None:
+                span.end()
 
     async def _bury(self, msg: Msg, err: BaseException, stage: str, deliveries: int) -> None:
         """Dead-letter a message, then terminate it; if Redis is down, hand it back instead."""

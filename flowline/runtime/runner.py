@@ -28,6 +28,7 @@ from .._stages import Job, Stream
 from ..errors import ConfigurationError, EnqueueError, PipelineError
 from ..observability.http import HttpEndpoint, asgi_app
 from ..observability.metrics import Metrics
+from ..observability.tracing import get_tracing
 from . import deadletters
 from .cron import CronSource
 from .emit import Emitter
@@ -297,6 +298,9 @@ class Runner:
             await ensure_stream(js, subject)
             self._known_streams.add(subject)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        tracing = get_tracing()
+        if tracing is not None:
+            headers = tracing.inject(headers)
         ack = await js.publish(subject, payload, headers=headers)
         return int(ack.seq)
 
@@ -315,7 +319,9 @@ class Runner:
         With `key`, enqueueing the same key again (a retried HTTP request) is a no-op.
         """
         assert self.redis is not None
-        rows = direct(pipeline, Job(topic, data, delay=delay, key=key, priority=priority))
+        job = Job(topic, data, delay=delay, key=key, priority=priority)
+        tracing = get_tracing()
+        rows = direct(pipeline, job, trace=tracing.traceparent() if tracing is not None else "")
         added = None
         if self.metrics is not None:
             added = functools.partial(self.metrics.enqueued, pipeline.name)

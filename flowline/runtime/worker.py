@@ -27,6 +27,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from ..errors import Fail, JobError, JobTimeout, Retry, SerializationError, UnknownTopicError
+from ..observability.tracing import get_tracing
 from .deadletters import job_record
 from .fanin import FanIn
 from .job import JobContext, dumps, loads
@@ -268,6 +269,18 @@ class QueueWorker:
         topic = self.topics.get(job.topic)
         bus = self.bus
         ctx: JobContext | None = None
+        tracing = get_tracing()
+        span = None
+        if tracing is not None:
+            span = tracing.job(
+                topic=job.topic,
+                job_id=job.job_id,
+                queue=self.queue.name,
+                attempt=job.attempt,
+                traceparent=job.trace,
+                size=len(job.data),
+                pipeline=self.pipeline.name,
+            )
         try:
             if topic is None:
                 raise UnknownTopicError(
@@ -313,16 +326,22 @@ class QueueWorker:
             finally:
                 job.duration = time.time() - started
             encoded = dumps(result, what=f"result of job {job.job_id}")
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            if span is not None:
+                span.fail(exc)
             raise
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
+            if span is not None:
+                span.fail(exc)
             await self._failed(job, topic, ctx, exc)
         else:
             self._done.append((job, encoded, result))
             self._flush_wake.set()
         finally:
+            if span is not None:
+                span.end()
             self._running -= 1
             self._slot.set()
 
