@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("flowline.worker")
 
+# Abandoned jobs a worker claims per stream and reclaim tick, at least (see `_reclaim`).
+RECLAIM_COUNT = 50
+
 
 def consumer_name() -> str:
     """Unique per process: host, pid and a random suffix (pids repeat across containers)."""
@@ -627,7 +630,11 @@ class QueueWorker:
 
     async def _reclaim(self) -> None:
         for stream in self.keys.streams:
-            free = max(1, self.concurrency - self._running)
+            # XAUTOCLAIM examines at most 10 x COUNT pending entries per call. A COUNT of just
+            # our free slots (1 when busy) would crawl through a long pending list, one slice
+            # per tick, and leave a dead worker's jobs unclaimed for many ticks; claim every
+            # abandoned job we find instead, and run what does not fit when slots free up.
+            count = max(RECLAIM_COUNT, self.concurrency - self._running)
             reply = await self.scripts.reclaim(
                 keys=[stream],
                 args=[
@@ -635,7 +642,7 @@ class QueueWorker:
                     self.consumer,
                     self._vis_ms,
                     self._reclaim_cursors[stream],
-                    free,
+                    count,
                     self.keys.job_prefix,
                 ],
             )
@@ -659,7 +666,12 @@ class QueueWorker:
                     )
                     await self._failed(job, None, None, exc)
                     continue
-                self._start(job)
+                if self._running < self.concurrency:
+                    self._start(job)
+                else:
+                    # Claimed and kept alive by the heartbeat until a slot frees (see `_read`).
+                    self.claims[job.key] = job
+                    self._backlog.append(job)
 
     # -- shutdown -------------------------------------------------------------------------------
 
