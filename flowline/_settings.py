@@ -32,6 +32,8 @@ class Settings:
         metrics: count Prometheus metrics (on by default; off only to measure their cost).
         redis_max_connections: the size of the Redis connection pool; commands wait for a free
             connection instead of failing (default: enough for every loop, plus 32).
+        heartbeat: seconds between refreshes of this process's entry in the process registry;
+            an entry not refreshed for three of them is gone.
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -45,6 +47,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     metrics: bool = True
     redis_max_connections: int | None = None
+    heartbeat: float = 5.0
 
     def __post_init__(self) -> None:
         for url in self.nats_url.split(","):
@@ -65,6 +68,8 @@ class Settings:
             raise ConfigurationError(f"http_port must be within 0..65535, got {self.http_port}")
         if not self.http_host:
             raise ConfigurationError("http_host must not be empty")
+        if not 0.1 <= self.heartbeat <= 300:
+            raise ConfigurationError(f"heartbeat must be within 0.1..300 s, got {self.heartbeat}")
         if self.redis_max_connections is not None and self.redis_max_connections < 4:
             raise ConfigurationError("redis_max_connections must be >= 4")
 
@@ -73,7 +78,7 @@ class Settings:
         """Settings from ``FLOWLINE_*`` environment variables; `overrides` win.
 
         Reads ``FLOWLINE_NATS_URL``, ``FLOWLINE_REDIS_URL``, ``FLOWLINE_TLS_CA``,
-        ``FLOWLINE_HTTP_PORT`` and ``FLOWLINE_HTTP_HOST``.
+        ``FLOWLINE_HTTP_PORT``, ``FLOWLINE_HTTP_HOST`` and ``FLOWLINE_HEARTBEAT``.
         """
         values: dict[str, object] = {
             "nats_url": os.environ.get("FLOWLINE_NATS_URL", DEFAULT_NATS_URL),
@@ -81,6 +86,13 @@ class Settings:
             "tls_ca": os.environ.get("FLOWLINE_TLS_CA"),
             "http_host": os.environ.get("FLOWLINE_HTTP_HOST", "127.0.0.1"),
         }
+        for name, key in (("FLOWLINE_HEARTBEAT", "heartbeat"),):
+            raw = os.environ.get(name, "").strip()
+            if raw:
+                try:
+                    values[key] = float(raw)
+                except ValueError:
+                    raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
         port = os.environ.get("FLOWLINE_HTTP_PORT", "").strip()
         if port:
             try:

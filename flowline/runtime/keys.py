@@ -8,6 +8,7 @@ and the layout works unchanged on Redis Cluster.
     flowline:{q}:delayed     zset: job id -> due time (ms) for delayed jobs and retries
     flowline:{q}:dead        stream of dead letters (jobs that exhausted their attempts)
     flowline:{q}:job:<id>    hash: state, topic, attempt, progress, result, error, timestamps
+    flowline:{q}:stats:<n>   hash: jobs completed / failed in the n-th 10-second window
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class QueueKeys:
 
     def job(self, job_id: str) -> str:
         return self.job_prefix + job_id
+
+    def stats(self, bucket: int) -> str:
+        """Counts of the `bucket`-th time window (see `runtime.inspect.STATS_BUCKET`)."""
+        return f"{self.prefix}stats:{bucket}"
 
 
 def stream_dead_letters(pipeline: str) -> QueueKeys:

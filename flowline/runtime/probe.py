@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..observability.metrics import ServerSnapshot
-from .keys import GROUP, QueueKeys
+from .inspect import queue_states
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -94,39 +94,24 @@ class Probe:
     async def _queues(self) -> dict[tuple[str, str], dict[str, int]] | None:
         """Every queue of the runner's pipelines, in one pipelined round trip."""
         redis = self.runner.redis
+        if redis is None:
+            return None
         targets = [(p.name, q.name) for p in self.runner.plan.pipelines for q in p.queues]
-        if redis is None or not targets:
-            return None if redis is None else {}
-        pipe = redis.pipeline(transaction=False)
-        for _, name in targets:
-            keys = QueueKeys(name)
-            for stream in keys.streams:
-                pipe.xlen(stream)
-                pipe.xpending(stream, GROUP)
-            pipe.zcard(keys.delayed)
-            pipe.xlen(keys.dead)
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
-                # A queue no worker has set up yet has no group: XPENDING's error then means 0.
-                replies = await pipe.execute(raise_on_error=False)
+                states = await queue_states(redis, [name for _, name in targets])
         except Exception as exc:
             log.debug("queue gauges not read", error=repr(exc))
             return None
-        if replies and all(isinstance(x, Exception) for x in replies):
-            return None
-        out = {}
-        for i, labels in enumerate(targets):
-            urgent_len, urgent_pending, jobs_len, jobs_pending, delayed, dead = replies[
-                i * 6 : i * 6 + 6
-            ]
-            running = _pending(urgent_pending) + _pending(jobs_pending)
-            out[labels] = {
-                "ready": _int(urgent_len) + _int(jobs_len) - running,
-                "running": running,
-                "delayed": _int(delayed),
-                "dead": _int(dead),
+        return {
+            labels: {
+                "ready": states[labels[1]].ready,
+                "running": states[labels[1]].running,
+                "delayed": states[labels[1]].delayed,
+                "dead": states[labels[1]].dead,
             }
-        return out
+            for labels in targets
+        }
 
     async def _streams(self) -> dict[tuple[str, str], tuple[int, int]] | None:
         """The durable consumer of each stream this runner consumes."""
@@ -161,11 +146,3 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {CHECK_TIMEOUT:g}s"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _int(value: Any) -> int:
-    return 0 if isinstance(value, Exception) else int(value)
-
-
-def _pending(value: Any) -> int:
-    return 0 if isinstance(value, Exception) else int(value["pending"])

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 from collections.abc import Iterable
@@ -29,12 +30,13 @@ from ..errors import ConfigurationError, EnqueueError, PipelineError
 from ..observability.http import HttpEndpoint, asgi_app
 from ..observability.metrics import Metrics
 from ..observability.tracing import get_tracing
-from . import deadletters
+from . import deadletters, registry
 from .cron import CronSource
 from .emit import Emitter
 from .enqueue import direct, write
 from .ingest import StreamIngest, ensure_stream
 from .probe import Probe
+from .registry import Registration
 from .scripts import Scripts
 from .worker import QueueWorker, consumer_name
 
@@ -137,6 +139,9 @@ class Runner:
         self.started = False
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.ingests: list[StreamIngest] = []
+        self.workers: list[QueueWorker] = []
+        self._registration: Registration | None = None
+        self._registry_task: asyncio.Task[None] | None = None
         self.metrics = Metrics(registry) if self.settings.metrics else None
         self.probe = Probe(self)
         self.http: HttpEndpoint | None = None
@@ -174,6 +179,13 @@ class Runner:
         s = self.settings
         self.redis = await connect_redis(s, self._pool_size())
         self.scripts = Scripts(self.redis)
+        parts = self._parts()
+        if parts:
+            # Registered before any consumer exists, so no live consumer looks abandoned.
+            self._registration = Registration(
+                self.redis, self._consumer, [p.name for p in self.plan.pipelines], s.heartbeat
+            )
+            await self._registration.beat(parts, 0, 0, 0)
         if any(isinstance(p.source, Stream) for p in self.plan.pipelines):
             self.nc = await connect_nats(s)
             self.js = self.nc.jetstream()
@@ -198,6 +210,7 @@ class Runner:
                 metrics=self.metrics,
             )
             await worker.setup()
+            self.workers.append(worker)
             self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
         for p, cron in self.plan.crons:
             source = CronSource(p, cron, self.redis, self.scripts, self.metrics)
@@ -213,6 +226,40 @@ class Runner:
             http=self.http.url if self.http is not None else None,
         )
         self.started = True
+        if self._registration is not None:
+            self._registry_task = asyncio.create_task(self._keep_registered(), name="registry")
+
+    def _parts(self) -> list[str]:
+        p = self.plan
+        return [
+            *(f"stream:{pl.name}" for pl, _ in p.streams),
+            *(f"queue:{q.name}" for _, q in p.queues),
+            *(f"cron:{c.topic}" for _, c in p.crons),
+        ]
+
+    async def _keep_registered(self) -> None:
+        """Refresh this process's registry entry; tidy what dead processes left behind."""
+        assert self._registration is not None
+        assert self.redis is not None
+        queues = [q.name for _, q in self.plan.queues]
+        while not self.stop_event.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.heartbeat)
+            if self.stop_event.is_set():
+                break
+            try:
+                await self._registration.beat(
+                    self._parts(),
+                    sum(w.running for w in self.workers),
+                    sum(w.completed for w in self.workers),
+                    sum(w.failed for w in self.workers),
+                )
+                if queues:
+                    live = {p.id for p in await registry.processes(self.redis)}
+                    idle = registry.EXPIRES_AFTER * self.settings.heartbeat
+                    await registry.remove_dead_consumers(self.redis, queues, live, idle)
+            except Exception as exc:
+                log.warning("process registry not refreshed", error=repr(exc))
 
     async def _jetstream(self) -> JetStreamContext:
         """JetStream, connecting on first use (a queue-only process may never need NATS)."""
@@ -239,6 +286,11 @@ class Runner:
         """Stop taking work, let in-flight jobs finish (within `grace`), close connections."""
         self.stop_event.set()
         results = await asyncio.gather(*self.loops.values(), return_exceptions=True)
+        if self._registry_task is not None:
+            await asyncio.gather(self._registry_task, return_exceptions=True)
+        if self._registration is not None:
+            with contextlib.suppress(Exception):  # a dead Redis: the entry expires by itself
+                await self._registration.remove()
         for p in self.plan.pipelines:
             await p.bus.drain()
             if p._runner is self:

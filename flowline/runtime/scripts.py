@@ -48,8 +48,8 @@ end
 return added
 """
 
-# KEYS: a ready stream. ARGV: group, job key prefix, now ms, keep seconds, then per job:
-# entry id, job id, result json.
+# KEYS: a ready stream, the queue's stats hash of this time window (optional). ARGV: group, job
+# key prefix, now ms, keep seconds, then per job: entry id, job id, result json.
 COMPLETE = """
 local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 -- One XACK and one XDEL for the whole batch: per-call overhead dominated per-entry calls.
@@ -57,6 +57,10 @@ local entries = {}
 for i = 5, #ARGV, 3 do entries[#entries + 1] = ARGV[i] end
 redis.call('XACK', KEYS[1], group, unpack(entries))
 redis.call('XDEL', KEYS[1], unpack(entries))
+if KEYS[2] then
+  redis.call('HINCRBY', KEYS[2], 'completed', #entries)
+  redis.call('EXPIRE', KEYS[2], 180)
+end
 for i = 5, #ARGV, 3 do
   local key = prefix .. ARGV[i + 1]
   redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished', now,
@@ -66,7 +70,8 @@ end
 return 1
 """
 
-# KEYS: the job's ready stream, delayed zset, dead stream. ARGV: group, job key prefix, now ms,
+# KEYS: the job's ready stream, delayed zset, dead stream, the queue's stats hash of this time
+# window (optional). ARGV: group, job key prefix, now ms,
 # keep s, entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
 # dead-letter record json, consumer, born ms, traceparent.
 # Does nothing (returns 'lost') unless `consumer` still holds the entry: so a call repeated
@@ -81,6 +86,10 @@ if eid ~= '' then
   if not p[1] or p[1][2] ~= ARGV[13] then return 'lost' end
   redis.call('XACK', KEYS[1], group, eid)
   redis.call('XDEL', KEYS[1], eid)
+end
+if KEYS[4] then
+  redis.call('HINCRBY', KEYS[4], 'failed', 1)
+  redis.call('EXPIRE', KEYS[4], 180)
 end
 if due < 0 then
   redis.call('HSET', key, 'state', 'failed', 'error', ARGV[11], 'finished', now)

@@ -30,6 +30,7 @@ from ..errors import Fail, JobError, JobTimeout, Retry, SerializationError, Unkn
 from ..observability.tracing import get_tracing
 from .deadletters import job_record
 from .fanin import FanIn
+from .inspect import STATS_BUCKET
 from .job import JobContext, dumps, loads
 from .keys import GROUP, QueueKeys
 from .scripts import flat
@@ -148,6 +149,8 @@ class QueueWorker:
         self.log = log.bind(pipeline=pipeline.name, stage="job", queue=queue.name)
         self.claims: dict[tuple[str, str], Running] = {}
         self._running = 0
+        self.completed = 0  # jobs this worker completed (and failed attempts), for the registry
+        self.failed = 0
         self._done: list[tuple[Running, str, Any]] = []
         self._slot = asyncio.Event()
         self._flush_wake = asyncio.Event()
@@ -177,6 +180,11 @@ class QueueWorker:
         # Checked once: with INFO off (--log-level WARNING) the per-job lines cost nothing.
         enabled = getattr(self.log, "is_enabled_for", None)
         self._log_jobs: bool = enabled(logging.INFO) if enabled is not None else True
+
+    @property
+    def running(self) -> int:
+        """Handlers running now."""
+        return self._running
 
     async def setup(self) -> None:
         """Create the queue's streams and consumer group if they do not exist yet."""
@@ -398,7 +406,7 @@ class QueueWorker:
         while True:
             try:
                 dead = await self.scripts.fail(
-                    keys=[job.stream, self.keys.delayed, self.keys.dead],
+                    keys=[job.stream, self.keys.delayed, self.keys.dead, self._stats_key()],
                     args=[
                         GROUP,
                         self.keys.job_prefix,
@@ -427,6 +435,7 @@ class QueueWorker:
             # its reply was lost: either way it is recorded once, by someone else's call.
             self.log.warning("failure not recorded: job no longer held here", job=job.job_id)
             return
+        self.failed += 1
         stats = self._stats.get(job.topic)
         if stats is not None:
             stats.failed += 1
@@ -487,9 +496,11 @@ class QueueWorker:
                 by_stream.setdefault(job.stream, []).extend((job.entry, job.job_id, encoded))
             now = int(time.time() * 1000)
             try:
+                stats = self._stats_key()
                 for stream, rows in by_stream.items():
                     await self.scripts.complete(
-                        keys=[stream], args=[GROUP, self.keys.job_prefix, now, self._keep, *rows]
+                        keys=[stream, stats],
+                        args=[GROUP, self.keys.job_prefix, now, self._keep, *rows],
                     )
             except Exception as exc:
                 # Still claimed (the heartbeat keeps them); try again shortly. Completing twice
@@ -503,6 +514,7 @@ class QueueWorker:
             claims = self.claims
             for job, _, _ in batch:
                 claims.pop(job.key, None)
+            self.completed += len(batch)
             if self._stats:
                 self._count_completed(batch, now / 1000)
             if self._log_jobs:
@@ -528,6 +540,10 @@ class QueueWorker:
                         attempt=job.attempt,
                     )
             await self._finished([job.job_id for job, _, _ in batch])
+
+    def _stats_key(self) -> str:
+        """This time window's counts of the queue (``flowline status`` reads the last minute)."""
+        return self.keys.stats(int(time.time()) // STATS_BUCKET)
 
     def _count_completed(self, batch: list[tuple[Running, str, Any]], now: float) -> None:
         stats = self._stats
