@@ -51,6 +51,8 @@ async def connect_nats(settings: Settings) -> NATS:
     nc: NATS | None = None
 
     async def on_error(exc: Exception) -> None:
+        if nc is None:
+            return  # still connecting: a failure to connect is raised below, once
         log.warning("nats error", error=repr(exc))
 
     async def on_disconnect() -> None:
