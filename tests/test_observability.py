@@ -510,7 +510,8 @@ class TestWithPrometheus:
         require(prometheus_binary(), "prometheus")
         ports = [free_port(), free_port()]
         env = {"FLOWLINE_TEST_STEP": "0.05"}  # slow enough that a backlog builds up
-        procs = [worker(APP, "--http-port", str(p), "--concurrency", "5", env=env) for p in ports]
+        # 8 handlers at once over 2 processes and 4 queues, 0.25 s a job: ~6 s of backlog.
+        procs = [worker(APP, "--http-port", str(p), "--concurrency", "1", env=env) for p in ports]
         for proc in procs:
             await proc.ready()
         targets = [f"127.0.0.1:{p}" for p in ports]
@@ -519,7 +520,7 @@ class TestWithPrometheus:
                 lambda: sorted(t["health"] for t in prom.targets()) == ["up", "up"],
                 timeout=30,
             )
-            events = 60  # 240 jobs
+            events = 50  # 200 jobs
             await publish(js, "observed", [{"n": i} for i in range(events)])
 
             def value(expr: str) -> float | None:
