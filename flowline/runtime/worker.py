@@ -441,41 +441,25 @@ class QueueWorker:
             stats.failed += 1
             if job.started:  # the handler ran (not: bad data, or reclaimed too often)
                 stats.duration.observe(job.duration)
+        # The fields of every line about this attempt (the per-job log lines of the README).
+        about = {
+            "topic": job.topic,
+            "job": job.job_id,
+            "attempt": job.attempt,
+            "duration": round(job.duration, 6),
+            "error": str(exc),
+        }
         if due >= 0:
             if stats is not None:
                 stats.retried += 1
-            self.log.warning(
-                "job failed",
-                topic=job.topic,
-                job=job.job_id,
-                attempt=job.attempt,
-                duration=round(job.duration, 6),
-                outcome="retry",
-                delay=round(delay, 3),
-                error=str(exc),
-            )
+            self.log.warning("job failed", outcome="retry", delay=round(delay, 3), **about)
             self.bus.emit("job:retry", "job", job=ctx, id=job.job_id, error=err, delay=delay)
             return
         if stats is not None:
             stats.dead_lettered += 1
         dead_id = dead.decode() if isinstance(dead, bytes) else dead
-        self.log.error(
-            "job failed",
-            topic=job.topic,
-            job=job.job_id,
-            attempt=job.attempt,
-            duration=round(job.duration, 6),
-            outcome="failed",
-            error=str(exc),
-        )
-        self.log.warning(
-            "job dead-lettered",
-            topic=job.topic,
-            job=job.job_id,
-            attempt=job.attempt,
-            dead_letter=dead_id,
-            error=str(exc),
-        )
+        self.log.error("job failed", outcome="failed", **about)
+        self.log.warning("job dead-lettered", dead_letter=dead_id, **about)
         self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, error=err)
         self.bus.emit("dead-letter", "job", job=ctx, id=dead_id, error=err, topic=job.topic)
         await self._finished([job.job_id])
