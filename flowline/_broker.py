@@ -11,6 +11,11 @@ Labels ``priority`` (> 0: the urgent stream) and ``delay`` (seconds) are honoure
 messages carry label ``flowline_attempt`` and ``ack_type=when_saved``: the ack records the
 outcome, so it must come after the run.
 
+Results: the broker's result backend (`FlowlineResultBackend`) answers taskiq from the job's
+record, whichever worker ran it: ``await (await task.kiq(data)).wait_result()`` returns the
+handler's return value, or ``is_err`` with a `JobError` carrying the error and the worker's
+traceback, and ``get_progress()`` gives the job's state and progress percentage.
+
 This is the compatible path, not the fast one: taskiq's receiver takes one message at a time
 and acknowledges each alone, where `runtime.worker.QueueWorker` completes jobs in batches.
 Both settle jobs with the same code (`QueueWorker`'s): retries, backoff, dead letters, events.
@@ -28,11 +33,21 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from redis.exceptions import ResponseError
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage, Context, TaskiqDepends
+from taskiq import (
+    AckableMessage,
+    AsyncBroker,
+    AsyncResultBackend,
+    BrokerMessage,
+    Context,
+    TaskiqDepends,
+    TaskiqResult,
+)
+from taskiq.depends.progress_tracker import TaskProgress, TaskState
 from taskiq.message import TaskiqMessage
 
 from ._settings import Settings
 from .errors import JobError, JobTimeout, PipelineError, SerializationError
+from .runtime import jobs
 from .runtime.enqueue import Planned, write
 from .runtime.job import JobContext, dumps, loads
 from .runtime.keys import GROUP
@@ -63,6 +78,7 @@ class FlowlineBroker(AsyncBroker):
         self._worker: QueueWorker | None = None
         self._outcomes: dict[str, _Outcome] = {}
         self._next_upkeep = 0.0
+        self.result_backend = FlowlineResultBackend(self)
 
     async def _connect(self) -> QueueWorker:
         """The `QueueWorker` this broker settles jobs with (it holds the Redis client)."""
@@ -238,6 +254,91 @@ class FlowlineBroker(AsyncBroker):
             return result
 
         return run
+
+
+_SET_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'progress', ARGV[1]) end
+"""
+# taskiq's names for the states it knows; a queued or delayed job keeps flowline's own.
+_TASK_STATES: dict[str, str] = {
+    "running": TaskState.STARTED,
+    "retrying": TaskState.RETRY,
+    "completed": TaskState.SUCCESS,
+    "failed": TaskState.FAILURE,
+}
+
+
+class FlowlineResultBackend(AsyncResultBackend[Any]):
+    """taskiq's results, read from flowline's job records: nothing is stored twice.
+
+    Whichever worker runs the job (``flowline worker`` or ``taskiq worker``), its completion
+    writes the record, so both answer alike. A result is ready once the job completed or failed
+    for good (a failed attempt that will be retried is not a result), or when the job has no
+    record (never enqueued, or expired after its queue's ``keep_completed``): then
+    `get_result` raises instead of letting ``wait_result()`` wait forever. ``execution_time``
+    is 0 (the record does not time the handler; the ``flowline_job_duration_seconds`` metric
+    does) and ``labels`` are empty.
+    """
+
+    def __init__(self, broker: FlowlineBroker) -> None:
+        self.broker = broker
+
+    async def set_result(self, task_id: str, result: TaskiqResult[Any]) -> None:
+        """Nothing to do: acknowledging the message records the outcome on the job."""
+
+    async def is_result_ready(self, task_id: str) -> bool:
+        """True once the job completed or failed for good, or has no record."""
+        worker = await self.broker._connect()
+        state = await worker.redis.hget(worker.keys.job(task_id), "state")
+        return state is None or state in (b"completed", b"failed")
+
+    async def get_result(self, task_id: str, with_logs: bool = False) -> TaskiqResult[Any]:
+        """The job's result, or its error (a `JobError` with the worker's traceback as a note).
+
+        Raises:
+            LookupError: the job has no record, or has not finished yet.
+        """
+        job = await self._job(task_id)
+        if job is None:
+            raise LookupError(
+                f"job {task_id!r} has no record in Queue({self.broker.queue.name!r}): never "
+                f"enqueued, or expired {self.broker.queue.options.keep_completed:g}s after it "
+                "finished"
+            )
+        if job.state not in ("completed", "failed"):
+            raise LookupError(f"job {task_id!r} is {job.state}: it has no result yet")
+        if job.state == "completed":
+            return TaskiqResult(is_err=False, return_value=job.result, execution_time=0.0)
+        error = JobError(job.error or "failed", stage=job.topic)
+        if job.traceback:
+            error.add_note(f"Traceback of the job, from the worker that ran it:\n{job.traceback}")
+        return TaskiqResult(is_err=True, return_value=None, execution_time=0.0, error=error)
+
+    async def set_progress(self, task_id: str, progress: TaskProgress[Any]) -> None:
+        """Store a numeric ``meta`` (0..100) as the job's progress, as `JobContext.progress` does.
+
+        Raises:
+            ValueError: ``meta`` is not a number within 0..100: the record holds a percentage.
+        """
+        meta = progress.meta
+        if isinstance(meta, bool) or not isinstance(meta, int | float) or not 0 <= meta <= 100:
+            raise ValueError(f"flowline stores progress as a number within 0..100, got {meta!r}")
+        worker = await self.broker._connect()
+        # Only onto an existing record: a stray call must not leave a record that never expires.
+        await worker.redis.eval(_SET_PROGRESS, 1, worker.keys.job(task_id), meta)
+
+    async def get_progress(self, task_id: str) -> TaskProgress[Any] | None:
+        """The job's state (taskiq's name for it where there is one) and progress percentage."""
+        job = await self._job(task_id)
+        if job is None:
+            return None
+        return TaskProgress(state=_TASK_STATES.get(job.state, job.state), meta=job.progress)
+
+    async def _job(self, task_id: str) -> jobs.JobInfo | None:
+        worker = await self.broker._connect()
+        queue = {self.broker.queue.name: jobs.subject_of(self.broker.pipeline)}
+        found = await jobs.find(worker.redis, queue, task_id)
+        return found[0] if found else None
 
 
 async def _timed(worker: QueueWorker, topic: Topic, job: JobContext) -> Any:

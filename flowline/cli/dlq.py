@@ -1,4 +1,7 @@
-"""``flowline dlq``: list, replay and purge dead letters."""
+"""``flowline dlq``: list, replay and purge dead letters.
+
+Listing and purging need Redis only; replaying connects to NATS only for a stream message.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from .._settings import Settings
 from ..runtime import deadletters
 from ..runtime.runner import Runner
 from . import main
-from ._common import load_pipelines, nats_option, redis_option, run
+from ._common import load_pipelines, nats_option, redis_option, run, tls_option
 
 
 @main.group()
@@ -20,14 +23,19 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.argument("target")
+@nats_option
 @redis_option
+@tls_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def dlq_list(target: str, redis_url: str | None, as_json: bool) -> None:
+def dlq_list(
+    target: str, nats_url: str | None, redis_url: str | None, tls_ca: str | None, as_json: bool
+) -> None:
     """List the dead letters of the pipeline(s) at TARGET."""
     pipelines = load_pipelines(target)
 
     async def go() -> None:
-        async with Runner(pipelines, Settings.from_env(redis_url=redis_url), only=()) as app:
+        settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
+        async with Runner(pipelines, settings, only=()) as app:
             for p in pipelines:
                 for letter in await app.dead_letters(p):
                     rec = letter.record
@@ -61,23 +69,31 @@ def _select(
 @click.option("--all", "all_", is_flag=True, help="Replay every dead letter.")
 @nats_option
 @redis_option
+@tls_option
 def dlq_replay(
-    target: str, ids: tuple[str, ...], all_: bool, nats_url: str | None, redis_url: str | None
+    target: str,
+    ids: tuple[str, ...],
+    all_: bool,
+    nats_url: str | None,
+    redis_url: str | None,
+    tls_ca: str | None,
 ) -> None:
     """Send dead letters back through the normal path (jobs to queues, messages to streams)."""
     pipelines = load_pipelines(target)
 
     async def go() -> None:
-        settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url)
+        settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
         async with Runner(pipelines, settings, only=()) as app:
             letters = [(p, x) for p in pipelines for x in await app.dead_letters(p)]
             chosen = {x.id for x in _select([x for _, x in letters], ids, all_)}
-            count = 0
-            for p, letter in letters:
-                if letter.id in chosen:
-                    await deadletters.replay(app.redis, app.js, p, letter)  # type: ignore[arg-type]
-                    count += 1
-            click.echo(f"replayed {count}")
+            picked = [(p, x) for p, x in letters if x.id in chosen]
+            # A job goes back to its queue through Redis alone: NATS only for a stream message,
+            # connected before replaying anything, so an unreachable NATS replays nothing.
+            needs_nats = any(x.kind != "job" for _, x in picked)
+            js = await app.jetstream() if needs_nats else None
+            for p, letter in picked:
+                await deadletters.replay(app.redis, js, p, letter)  # type: ignore[arg-type]
+            click.echo(f"replayed {len(picked)}")
 
     run(go)
 
@@ -86,13 +102,23 @@ def dlq_replay(
 @click.argument("target")
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Purge every dead letter.")
+@nats_option
 @redis_option
-def dlq_purge(target: str, ids: tuple[str, ...], all_: bool, redis_url: str | None) -> None:
+@tls_option
+def dlq_purge(
+    target: str,
+    ids: tuple[str, ...],
+    all_: bool,
+    nats_url: str | None,
+    redis_url: str | None,
+    tls_ca: str | None,
+) -> None:
     """Delete dead letters for good."""
     pipelines = load_pipelines(target)
 
     async def go() -> None:
-        async with Runner(pipelines, Settings.from_env(redis_url=redis_url), only=()) as app:
+        settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
+        async with Runner(pipelines, settings, only=()) as app:
             letters = [x for p in pipelines for x in await app.dead_letters(p)]
             removed = await deadletters.purge(app.redis, _select(letters, ids, all_))  # type: ignore[arg-type]
             click.echo(f"purged {removed}")

@@ -9,7 +9,7 @@ import click
 from .._settings import Settings
 from ..runtime.runner import Runner
 from . import main
-from ._common import load_pipelines, nats_option, run
+from ._common import load_pipelines, nats_option, redis_option, run, tls_option
 
 
 @main.command()
@@ -17,7 +17,16 @@ from ._common import load_pipelines, nats_option, run
 @click.option("--json", "payload", required=True, help="The event as a JSON object.")
 @click.option("--msg-id", help="Message id: a retried publish with the same id is stored once.")
 @nats_option
-def publish(target: str, payload: str, msg_id: str | None, nats_url: str | None) -> None:
+@redis_option
+@tls_option
+def publish(
+    target: str,
+    payload: str,
+    msg_id: str | None,
+    nats_url: str | None,
+    redis_url: str | None,
+    tls_ca: str | None,
+) -> None:
     """Publish one event to the stream of the pipeline at TARGET."""
     pipelines = load_pipelines(target)
     if len(pipelines) != 1:
@@ -28,7 +37,8 @@ def publish(target: str, payload: str, msg_id: str | None, nats_url: str | None)
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--json") from None
 
     async def go() -> None:
-        async with Runner(pipelines, Settings.from_env(nats_url=nats_url), only=()) as app:
+        settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
+        async with Runner(pipelines, settings, only=()) as app:
             seq = await app.publish(pipelines[0], event, msg_id=msg_id)
             click.echo(f"published as sequence {seq}")
 

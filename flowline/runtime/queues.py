@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import jobs
+from .jobs import JobInfo as JobInfo  # defined with the lookups; public from here
 from .keys import GROUP, QueueKeys
 
 if TYPE_CHECKING:
@@ -13,24 +14,6 @@ if TYPE_CHECKING:
 
     from .._pipeline import Pipeline
     from .._stages import Queue
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """A job's record as stored in Redis.
-
-    `state` is one of ``queued``, ``delayed``, ``retrying``, ``completed``, ``failed``.
-    """
-
-    id: str
-    topic: str
-    state: str
-    attempt: int
-    progress: float
-    result: Any
-    error: str | None
-    created: float | None
-    finished: float | None
 
 
 @dataclass(frozen=True)
@@ -67,22 +50,13 @@ class QueueHandle:
         return await self.pipeline.enqueue(topic, data, key=key, delay=delay)
 
     async def job(self, job_id: str) -> JobInfo | None:
-        """The job's record, or None when there is none (never existed, or expired)."""
-        raw: dict[bytes, bytes] = await self._redis.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
-        if not raw:
-            return None
-        h = {k.decode(): v.decode() for k, v in raw.items()}
-        return JobInfo(
-            id=job_id,
-            topic=h.get("topic", ""),
-            state=h.get("state", ""),
-            attempt=int(h.get("attempt", 0)),
-            progress=float(h.get("progress", 0)),
-            result=json.loads(h["result"]) if "result" in h else None,
-            error=h.get("error"),
-            created=float(h["created"]) / 1000 if "created" in h else None,
-            finished=float(h["finished"]) / 1000 if "finished" in h else None,
-        )
+        """The job's record, or None when there is none (never existed, or expired).
+
+        A job a worker holds is ``running`` (with `running_on`); a failed one carries its
+        traceback and dead letter id; a delayed one when it is due.
+        """
+        found = await jobs.find(self._redis, {self.name: jobs.subject_of(self.pipeline)}, job_id)
+        return found[0] if found else None
 
     async def counts(self) -> QueueCounts:
         """Ready, running (claimed by a worker), delayed and dead jobs."""

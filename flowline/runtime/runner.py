@@ -151,6 +151,7 @@ class Runner:
             self.http = HttpEndpoint(self.asgi(), self.settings.http_host, self.settings.http_port)
         self._consumer = consumer_name()
         self._known_streams: set[str] = set()
+        self._nats_lock = asyncio.Lock()
 
     def asgi(self) -> Any:
         """``/metrics``, ``/healthz`` and ``/readyz`` of this runner, as an ASGI app to mount."""
@@ -188,9 +189,10 @@ class Runner:
                 self.redis, self._consumer, [p.name for p in self.plan.pipelines], s.heartbeat
             )
             await self._registration.beat(parts, 0, 0, 0)
-        if any(isinstance(p.source, Stream) for p in self.plan.pipelines):
-            self.nc = await connect_nats(s)
-            self.js = self.nc.jetstream()
+        if self.plan.streams:
+            # Only a process that consumes a stream needs NATS from the start; a producer or a
+            # queue worker connects when it first publishes (`jetstream`), so it runs without.
+            await self.jetstream()
         for pipeline in self.plan.pipelines:
             pipeline._runner = self  # lets pipeline.publish / pipeline.enqueue use this runner
         for p, stream in self.plan.streams:
@@ -263,12 +265,20 @@ class Runner:
             except Exception as exc:
                 log.warning("process registry not refreshed", error=repr(exc))
 
-    async def _jetstream(self) -> JetStreamContext:
-        """JetStream, connecting on first use (a queue-only process may never need NATS)."""
-        if self.js is None:
-            self.nc = await connect_nats(self.settings)
-            self.js = self.nc.jetstream()
-        return self.js
+    async def jetstream(self) -> JetStreamContext:
+        """JetStream, connecting on first use (a queue-only process may never need NATS).
+
+        Raises:
+            ConfigurationError: NATS cannot be reached (each later call tries again).
+        """
+        js = self.js
+        if js is None:
+            async with self._nats_lock:  # concurrent first publishes share one connection
+                if self.js is None:
+                    self.nc = await connect_nats(self.settings)
+                    self.js = self.nc.jetstream()
+                js = self.js
+        return js
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -347,7 +357,7 @@ class Runner:
 
     async def publish_to(self, subject: str, payload: bytes, msg_id: str | None = None) -> int:
         """Publish raw bytes to `subject` (creating its stream once); returns the sequence."""
-        js = await self._jetstream()
+        js = await self.jetstream()
         if subject not in self._known_streams:
             await ensure_stream(js, subject)
             self._known_streams.add(subject)
