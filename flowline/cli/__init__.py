@@ -21,6 +21,6 @@ def main() -> None:
 
 
 # Imported for their side effect: each registers its command on `main`.
-from . import dlq, jobs, publish, status, worker  # noqa: E402
+from . import dashboard, dlq, jobs, publish, status, worker  # noqa: E402
 
-__all__ = ["dlq", "jobs", "load", "main", "publish", "status", "worker"]
+__all__ = ["dashboard", "dlq", "jobs", "load", "main", "publish", "status", "worker"]
