@@ -1,6 +1,6 @@
 """flowline next to hand-written baselines, measured in the same run on the same servers.
 
-    python -m benchmarks            # full run, about 3 minutes on 2 cores
+    python -m benchmarks            # full run, about 4 minutes on 2 cores
     python -m benchmarks --quick    # smoke run, about 30 s
     nox -s bench -- --quick
 
@@ -17,16 +17,29 @@ What is measured (every side runs in a fresh Python process; the servers are sha
    COMPLETE script (same Redis work: the ratio shows what flowline's Python adds) and stock
    taskiq.
    BullMQ's figure is a reference measured elsewhere, not in this run. Target: >= BullMQ.
-3. latency, ms: a publisher publishes events at a steady rate, each stamped with the time of
+3. observed, ingest and worker: what metrics and per-job logs cost. The flowline sides above
+   run "off" (``metrics=None``; logging configured at WARNING, so no line per job). The
+   ``observed`` side is the same with ``metrics=Metrics()`` and logging at INFO as
+   ``flowline worker --log-format json`` configures it: one JSON line per finished job, on a
+   stderr the parent sends to a file. It scrapes its metrics once at the end (``generate_latest``);
+   its figure is void unless they counted every job (ingest: every event and job) and, for the
+   worker, the file holds exactly one "job completed" line per job. Rows ``ingest observed`` and
+   ``worker observed`` against off: target ratio >= 0.9. The worker also runs ``metrics``
+   (metrics on, logs at WARNING) to split the cost: ``worker metrics`` against off is the
+   counters, ``worker observed`` against ``metrics`` the log lines. The notes give those costs
+   in microseconds per job, and time the "job completed" call alone in a loop (``logline``),
+   split into rendering (per structlog processor) and writing.
+4. latency, ms: a publisher publishes events at a steady rate, each stamped with the time of
    its publish; one process runs stream ingest and queue worker, and the handler records how
    long after the publish it ran (both jobs of every event). Targets: p50 <= 2, p99 <= 10.
 
 How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
 the order is reversed every other round), so slow drift of the machine touches every side alike.
-"ratio" is flowline / baseline: above 1 is better for throughput, below 1 is better for
-latency. The per-round values below the table show how noisy the machine was; a loaded
-machine (see the load average) widens them. Each throughput line also says how many cores
-the side's own process kept busy: well under 1 means it mostly waited for a server.
+"ratio" is flowline / baseline (observed / baseline on the ``observed`` rows): above 1 is
+better for throughput, below 1 is better for latency. The per-round values below the table
+show how noisy the machine was; a loaded machine (see the load average) widens them. Each
+throughput line also says how many cores the side's own process kept busy: well under 1 means
+it mostly waited for a server.
 
 Redis runs with AOF and ``appendfsync everysec`` here, though `LocalServers` defaults to
 ``always``: with ``always`` every write waits for the disk's fsync, so the figures measure the
@@ -43,23 +56,30 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 from redis.asyncio import Redis
 
 from flowline.servers import LocalServers
 
-from . import ingest, latency, side, worker
+from . import common, ingest, latency, side, worker
 
 # BullMQ's Node worker at concurrency 50, measured elsewhere on a machine where the raw
 # XREADGROUP + XACK loop made about 120k jobs/s: a reference, not a side of this run.
 BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
 FIGURES = ("ingest", "worker", "latency")
+# flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
+# log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
+FLOWLINE_SIDES = ("flowline", "metrics", "observed")
+LOGGING_SIDES = (*FLOWLINE_SIDES, "logline")
+OFF = "off: no metrics, logs at WARNING"
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,11 @@ class Row:
     # (flowline median, baseline median) -> whether the target is met; None: no target.
     check: Callable[[float, float], bool] | None = None
     reference: bool = False  # the baseline is a figure measured elsewhere, not a side here
+    side: str = "flowline"  # which flowline side the first samples are (see FLOWLINE_SIDES)
+
+    @property
+    def label(self) -> str:
+        return self.figure if self.side == "flowline" else f"{self.figure} {self.side}"
 
     @property
     def ratio(self) -> float:
@@ -110,6 +135,10 @@ class Row:
         return bool(self.check(statistics.median(self.flowline), statistics.median(self.base)))
 
 
+def _at_least_90_percent(flowline: float, base: float) -> bool:
+    return flowline >= 0.9 * base
+
+
 def alternate(names: list[str], rounds: int) -> Iterator[tuple[int, str]]:
     """(round, side) in the order A B C, C B A, A B C... so drift hits every side alike."""
     for r in range(rounds):
@@ -120,42 +149,70 @@ def alternate(names: list[str], rounds: int) -> Iterator[tuple[int, str]]:
 class Bench:
     """Runs the figures on one set of servers and collects the rows of the table."""
 
-    def __init__(self, servers: LocalServers, sizes: Sizes, profile: Path | None) -> None:
+    def __init__(
+        self, servers: LocalServers, sizes: Sizes, profile: Path | None, logs: Path
+    ) -> None:
         self.servers = servers
         self.sizes = sizes
         self.profile = profile
+        self.logs = logs
         self.urls = {"nats_url": servers.nats_url, "redis_url": servers.redis_url}
         self.notes: list[str] = []
 
     def _profile(self, figure: str, name: str, r: int) -> str | None:
-        if self.profile is None or name != "flowline":
+        if self.profile is None or name not in FLOWLINE_SIDES:
             return None
         return str(self.profile / f"{figure}-{name}-{r + 1}.prof")
+
+    def _run(self, figure: str, name: str, params: dict[str, Any], r: int) -> dict[str, Any]:
+        """Run one side; a flowline side's stderr goes to a file, whose lines are counted."""
+        stderr = self.logs / f"{figure}-{name}-{r + 1}.log" if name in LOGGING_SIDES else None
+        res = side.run(
+            figure, name, params, timeout=300, profile=self._profile(figure, name, r),
+            stderr=stderr,
+        )  # fmt: skip
+        if stderr is not None:
+            res["log"] = common.log_lines(stderr)
+            stderr.unlink()
+        return res
 
     def _say(self, figure: str, r: int, rounds: int, name: str, text: str) -> None:
         print(f"  {figure:<8} round {r + 1}/{rounds}  {name:<9} {text}", flush=True)
 
     def ingest(self) -> list[Row]:
         s = self.sizes
-        samples: dict[str, list[float]] = {"flowline": [], "raw": []}
+        samples: dict[str, list[float]] = {"flowline": [], "observed": [], "raw": []}
         for r, name in alternate(list(samples), s.rounds):
             asyncio.run(ingest.prepare(events=s.events, **self.urls))
-            res = side.run(
-                "ingest", name, {"events": s.events, **self.urls}, timeout=300,
-                profile=self._profile("ingest", name, r),
-            )  # fmt: skip
+            res = self._run("ingest", name, {"events": s.events, **self.urls}, r)
             if res["jobs"] != 2 * s.events:
                 raise RuntimeError(f"ingest/{name} wrote {res['jobs']} jobs, not {2 * s.events}")
+            if name == "observed" and (res["routed"], res["enqueued"]) != (
+                s.events, 2 * s.events
+            ):  # fmt: skip
+                raise RuntimeError(
+                    f"ingest/{name}'s metrics counted {res['routed']} routed events and "
+                    f"{res['enqueued']} enqueued jobs, not {s.events} and {2 * s.events}"
+                )
             samples[name].append(res["rate"])
-            self._say("ingest", r, s.rounds, name, _rate(res, "events/s"))
+            self._say("ingest", r, s.rounds, name, _rate(res, "events/s") + _observed(res))
+        off, obs = (statistics.median(samples[n]) for n in ("flowline", "observed"))
+        self.notes.append(
+            f"ingest: metrics cost {1e6 / obs - 1e6 / off:+.2f} us per event (medians: "
+            f"{1e6 / off:.2f} us off, {1e6 / obs:.2f} us observed); ingest logs no line per event."
+        )
         return [
             Row("ingest", "events/s", "nats-py + redis-py loop", samples["flowline"],
-                samples["raw"], ">= 0.90x", check=lambda f, b: f >= 0.9 * b),
+                samples["raw"], ">= 0.90x", check=_at_least_90_percent),
+            Row("ingest", "events/s", OFF, samples["observed"], samples["flowline"], ">= 0.90x",
+                check=_at_least_90_percent, side="observed"),
         ]  # fmt: skip
 
     def worker(self) -> list[Row]:
         s = self.sizes
-        samples: dict[str, list[float]] = {"flowline": [], "raw": [], "same": [], "taskiq": []}
+        names = ("flowline", "metrics", "observed", "raw", "same", "taskiq")
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {}  # the side's own CPU time per job, microseconds
         for r, name in alternate(list(samples), s.rounds):
             jobs = s.taskiq_jobs if name == "taskiq" else s.jobs
             params = {"jobs": jobs, **self.urls}
@@ -163,13 +220,12 @@ class Bench:
                 side.run("worker", "taskiq_kick", params, timeout=300)
             else:
                 asyncio.run(worker.prepare(**params))
-            res = side.run(
-                "worker", name, params, timeout=300, profile=self._profile("worker", name, r)
-            )
-            if res["completed"] != jobs:
-                raise RuntimeError(f"worker/{name} completed {res['completed']} of {jobs} jobs")
+            res = self._run("worker", name, params, r)
+            _check_worker(name, jobs, res)
             samples[name].append(res["rate"])
-            self._say("worker", r, s.rounds, name, _rate(res, "jobs/s"))
+            cpu.setdefault(name, []).append(res["cpu"] / res["rate"] * 1e6)
+            self._say("worker", r, s.rounds, name, _rate(res, "jobs/s") + _observed(res))
+        self._log_cost(samples, cpu)
         fl = samples["flowline"]
         floor = statistics.median(samples["raw"])
         scaled = BULLMQ_JOBS_PER_S * floor / BULLMQ_MACHINE_RAW_JOBS_PER_S
@@ -184,7 +240,36 @@ class Bench:
             Row("worker", "jobs/s", "stock taskiq Receiver", fl, samples["taskiq"]),
             Row("worker", "jobs/s", "BullMQ, reference only", fl, [BULLMQ_JOBS_PER_S],
                 ">= 1.00x", check=lambda f, b: f >= b, reference=True),
+            Row("worker", "jobs/s", OFF, samples["observed"], fl, ">= 0.90x",
+                check=_at_least_90_percent, side="observed"),
+            Row("worker", "jobs/s", "metrics on, logs at WARNING", samples["observed"],
+                samples["metrics"], side="observed"),
+            Row("worker", "jobs/s", OFF, samples["metrics"], fl, side="metrics"),
         ]  # fmt: skip
+
+    def _log_cost(self, samples: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+        """What metrics and per-job lines cost per job: from the medians, and the line alone."""
+        sides = ("flowline", "metrics", "observed")
+        off, met, obs = (1e6 / statistics.median(samples[n]) for n in sides)
+        c_off, c_met, c_obs = (statistics.median(cpu[n]) for n in sides)
+        self.notes.append(
+            f"worker, per job (medians): off takes {off:.2f} us; metrics add {met - off:+.2f} us "
+            f"and the log line {obs - met:+.2f} us more (observed - off: {obs - off:+.2f} us). "
+            f"In the side's own CPU time (it does not count waiting for Redis): off "
+            f"{c_off:.2f} us, metrics {c_met - c_off:+.2f}, the log line {c_obs - c_met:+.2f}."
+        )
+        jobs = self.sizes.jobs
+        res = self._run("worker", "logline", {"jobs": jobs, **self.urls}, 0)
+        written = res["log"].get("job completed", 0)
+        if written != jobs:
+            raise RuntimeError(f"worker/logline wrote {written} of {jobs} lines")
+        shares = ", ".join(f"{k} {v:.2f}" for k, v in res["processors_us"].items())
+        self.notes.append(
+            f'worker: the "job completed" call alone, {jobs:,} times in a loop, costs '
+            f"{res['line_us']:.2f} us per line: rendering {res['render_us']:.2f} us (of which, "
+            f"by processor: {shares}) and writing to the stderr file "
+            f"{res['line_us'] - res['render_us']:.2f} us ({res['log']['bytes'] / jobs:.0f} bytes)."
+        )
 
     def latency(self) -> list[Row]:
         s = self.sizes
@@ -259,8 +344,35 @@ async def machine(servers: LocalServers) -> list[tuple[str, str]]:
     ]
 
 
-def _rate(res: dict[str, float], unit: str) -> str:
+def _rate(res: dict[str, Any], unit: str) -> str:
     return f"{res['rate']:>9,.0f} {unit:<8}  (its process kept {res['cpu']:.2f} cores busy)"
+
+
+def _observed(res: dict[str, Any]) -> str:
+    """What a flowline side logged and its metrics counted, for its line of progress."""
+    out = ""
+    if "log" in res:
+        out += f"; {res['log']['lines']:,} log lines"
+    if res.get("counted") is not None:
+        out += f", metrics counted {res['counted']:,.0f} jobs"
+    if res.get("routed") is not None:
+        out += f", metrics counted {res['routed']:,.0f} events, {res['enqueued']:,.0f} jobs"
+    if res.get("scrape_ms") is not None:
+        out += f" (scrape {res['scrape_ms']:.1f} ms)"
+    return out
+
+
+def _check_worker(name: str, jobs: int, res: dict[str, Any]) -> None:
+    """A worker side's figure counts only if it did every job, and its metrics and logs say so."""
+    if res["completed"] != jobs:
+        raise RuntimeError(f"worker/{name} completed {res['completed']} of {jobs} jobs")
+    if name in ("metrics", "observed") and res["counted"] != jobs:
+        raise RuntimeError(f"worker/{name}'s metrics counted {res['counted']} of {jobs} jobs")
+    if "log" in res:
+        lines = res["log"].get("job completed", 0)
+        expected = jobs if name == "observed" else 0
+        if lines != expected:
+            raise RuntimeError(f"worker/{name} logged {lines} job lines, not {expected}")
 
 
 def describe(s: Sizes) -> str:
@@ -290,7 +402,7 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         met = row.met()
         lines.append((
-            row.figure, row.unit,
+            row.label, row.unit,
             _fmt(statistics.median(row.flowline), row.unit),
             _fmt(statistics.median(row.base), row.unit),
             f"{row.ratio:.2f}x", row.baseline, row.target,
@@ -312,20 +424,23 @@ def table(rows: list[Row]) -> str:
 def rounds_detail(rows: list[Row]) -> str:
     """Every round's values and ratios, so the spread behind each median can be judged."""
     width = max(len(row.baseline) for row in rows)
+    lw = max(len(row.label) for row in rows)
     seen: set[str] = set()
     out = []
+
+    def put(row: Row, name: str, text: str) -> None:
+        out.append(f"  {row.label:<{lw}} {name:<{width}}  {text}")
+
     for row in rows:
-        if row.figure not in seen:
-            seen.add(row.figure)
-            out.append(
-                f"  {row.figure:<12} {'flowline':<{width}}  {_values(row.flowline, row.unit)}"
-            )
+        if row.label not in seen:
+            seen.add(row.label)
+            put(row, row.side, _values(row.flowline, row.unit))
         if not row.reference:
-            out.append(f"  {row.figure:<12} {row.baseline:<{width}}  {_values(row.base, row.unit)}")
+            put(row, row.baseline, _values(row.base, row.unit))
             ratios = ", ".join(
                 f"{f / b:.2f}x" for f, b in zip(row.flowline, row.base, strict=True) if b
             )
-            out.append(f"  {row.figure:<12} {'  flowline / that':<{width}}  {ratios}")
+            put(row, f"  {row.side} / that", ratios)
     return "\n".join(out)
 
 
@@ -370,18 +485,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with LocalServers(redis_fsync=args.redis_fsync) as servers:
+    with (
+        LocalServers(redis_fsync=args.redis_fsync) as servers,
+        tempfile.TemporaryDirectory(prefix="flowline-bench-logs-") as logs,
+    ):
         context = asyncio.run(machine(servers))
         print("flowline benchmark\n")
         for key, value in context:
             print(f"  {key:<18} {value}")
         print(f"  {'sizes':<18} {describe(sizes)}\n", flush=True)
-        bench = Bench(servers, sizes, args.profile)
+        bench = Bench(servers, sizes, args.profile, Path(logs))
         rows: list[Row] = []
         for figure in figures:
             rows += getattr(bench, figure)()
     print("\nmedians of alternating rounds; ratio = flowline / baseline "
-          "(throughput: higher is better; latency: lower is better)\n")  # fmt: skip
+          "(throughput: higher is better; latency: lower is better);\n"
+          "observed = metrics on, a JSON log line per job at INFO, stderr to a file\n")  # fmt: skip
     print(table(rows))
     for note in bench.notes:
         print(f"\nnote: {note}")

@@ -1,4 +1,5 @@
-"""What every figure shares: the fanbase events and jobs, resetting the servers, waiting."""
+"""What every figure shares: the fanbase events and jobs, resetting the servers, waiting, and
+switching metrics and per-job logs on or off as production would."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.js.errors
@@ -17,6 +19,9 @@ from redis.asyncio import Redis
 
 from examples.fanbase.fanbase_pb2 import FanbaseEvent
 from flowline.runtime.ingest import stream_name_for
+
+if TYPE_CHECKING:
+    from flowline.observability.metrics import Metrics
 
 FOLLOWED = ("notify-fan-following", "notify-talent-following")
 
@@ -125,3 +130,57 @@ def summary(latencies_s: list[float]) -> dict[str, Any]:
         "p99": percentile(ms, 99),
         "max": max(ms),
     }
+
+
+def observe(*, metrics: bool, logs: bool) -> Metrics | None:
+    """Set up a flowline side as ``flowline worker --log-format json`` would run it.
+
+    Logging is configured as that command configures it (JSON lines on stderr), at INFO when
+    `logs` (one line per finished job) or at WARNING (those lines are skipped). Returns the
+    `Metrics` to hand to the runtime, or None (metrics off). Call it before building the
+    worker or ingest: structlog loggers are bound, and cached, with the configuration of then.
+    """
+    from flowline import _logging
+    from flowline.observability.metrics import Metrics
+
+    _logging.configure(json=True, level="INFO" if logs else "WARNING")
+    return Metrics() if metrics else None
+
+
+def scrape(metrics: Metrics | None) -> dict[str, float]:
+    """Scrape `metrics` once as Prometheus would (``generate_latest``): sample -> value.
+
+    Keys are the sample name, with the ``outcome`` label when it has one
+    (``flowline_stream_messages_total:routed``); values are summed over the other labels.
+    ``scrape_ms`` is how long the scrape took. Empty when metrics are off.
+    """
+    if metrics is None:
+        return {}
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    started = time.perf_counter()
+    text = generate_latest(metrics.registry).decode()
+    took = (time.perf_counter() - started) * 1000
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            outcome = sample.labels.get("outcome")
+            key = f"{sample.name}:{outcome}" if outcome else sample.name
+            values[key] = values.get(key, 0.0) + sample.value
+    values["scrape_ms"] = took
+    return values
+
+
+def log_lines(path: Path) -> dict[str, int]:
+    """Count what a side wrote to its stderr file: all lines, and each JSON ``event``'s lines."""
+    counts: dict[str, int] = {"lines": 0, "bytes": path.stat().st_size}
+    with path.open("rb") as f:
+        for line in f:
+            counts["lines"] += 1
+            try:
+                event = str(json.loads(line).get("event"))
+            except (ValueError, AttributeError):
+                event = "(not JSON)"
+            counts[event] = counts.get(event, 0) + 1
+    return counts

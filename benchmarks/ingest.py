@@ -3,6 +3,11 @@
 The parent pre-publishes N "followed" events on an empty ``fanbase`` stream; each side then
 consumes all of them through its own durable pull consumer. The clock runs from the first fetch
 to the moment JetStream's ack floor reaches N (both sides poll ``consumer_info`` alike).
+
+flowline's `StreamIngest` runs two ways: ``flowline`` (off: no metrics, logging at WARNING) and
+``observed`` (metrics on, JSON logging at INFO with stderr sent to a file, as ``flowline worker
+--log-format json`` runs; ingest writes no line per message, so its cost is the metrics').
+``observed`` scrapes its metrics once at the end, to prove they counted every event.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ async def _jobs(redis: Redis) -> int:
     return int(await redis.xlen(QueueKeys(QUEUE).jobs))
 
 
-async def flowline(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
+async def _flowline(
+    nats_url: str, redis_url: str, events: int, *, metrics: bool, logs: bool
+) -> dict[str, Any]:
     """flowline's `StreamIngest` on the fanbase example's stream and router (stream side only).
 
     The pipeline is rebuilt here, not imported, so the example may grow without changing what
@@ -60,6 +67,7 @@ async def flowline(nats_url: str, redis_url: str, events: int) -> dict[str, Any]
     from flowline.runtime.runner import connect_nats, connect_redis
     from flowline.runtime.scripts import Scripts
 
+    observed = common.observe(metrics=metrics, logs=logs)
     pipeline = Stream(SUBJECT, FanbaseEvent) >> Route(router) >> Queue(QUEUE)
     for topic in (*common.FOLLOWED, "confirm-fan-unfollowing"):
         pipeline.dequeue(topic, _noop)
@@ -68,7 +76,8 @@ async def flowline(nats_url: str, redis_url: str, events: int) -> dict[str, Any]
     js = nc.jetstream()
     redis = await connect_redis(settings)
     source = pipeline.source
-    ingest = StreamIngest(pipeline, source, js, redis, Scripts(redis))  # type: ignore[arg-type]
+    assert isinstance(source, Stream)
+    ingest = StreamIngest(pipeline, source, js, redis, Scripts(redis), metrics=observed)
     await ingest.setup()
     stop = asyncio.Event()
     window = common.Window()
@@ -80,7 +89,24 @@ async def flowline(nats_url: str, redis_url: str, events: int) -> dict[str, Any]
     jobs = await _jobs(redis)
     await nc.close()
     await redis.aclose()
-    return window.result(events, jobs=jobs)
+    scraped = common.scrape(observed)
+    return window.result(
+        events,
+        jobs=jobs,
+        routed=scraped.get("flowline_stream_messages_total:routed"),
+        enqueued=scraped.get("flowline_jobs_enqueued_total"),
+        scrape_ms=scraped.get("scrape_ms"),
+    )
+
+
+async def flowline(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
+    """Off: no metrics, logging at WARNING."""
+    return await _flowline(nats_url, redis_url, events, metrics=False, logs=False)
+
+
+async def observed(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
+    """As production runs it: metrics on, JSON logging at INFO."""
+    return await _flowline(nats_url, redis_url, events, metrics=True, logs=True)
 
 
 async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
@@ -132,4 +158,4 @@ async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
     return window.result(events, jobs=jobs)
 
 
-SIDES = {"flowline": flowline, "raw": raw}
+SIDES = {"flowline": flowline, "observed": observed, "raw": raw}

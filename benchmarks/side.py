@@ -4,7 +4,9 @@ The parent calls `run`, or starts a `Running` side when it must act while it run
 ``python -m benchmarks.side FIGURE SIDE PARAMS_JSON``: it imports ``benchmarks.FIGURE``, awaits
 ``SIDES[SIDE](**params)`` and prints the result as the last line of stdout. A side that must be
 ready before the parent goes on (the latency figure's publisher waits for it) prints
-``{"ready": true}`` first.
+``{"ready": true}`` first. A side that logs as production does gets ``stderr=PATH``: its
+process's stderr (fd 2, where `flowline._logging` writes) goes to that file, not the terminal,
+and the parent reads the file after the process has exited, so every line is on disk.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import select
 import subprocess
 import sys
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 # Set by the parent with --profile: the child runs under cProfile and writes stats there.
 PROFILE_ENV = "FLOWLINE_BENCH_PROFILE"
@@ -36,16 +39,24 @@ class Running:
     """A side's process, started and not yet finished."""
 
     def __init__(
-        self, figure: str, side: str, params: dict[str, Any], profile: str | None = None
+        self,
+        figure: str,
+        side: str,
+        params: dict[str, Any],
+        profile: str | None = None,
+        stderr: Path | None = None,
     ) -> None:
         self.name = f"{figure}/{side}"
+        self.stderr = stderr
         env = dict(os.environ)
         env.pop(PROFILE_ENV, None)
         if profile:
             env[PROFILE_ENV] = profile
+        self._err: IO[bytes] | None = stderr.open("wb") if stderr is not None else None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.side", figure, side, json.dumps(params)],
             stdout=subprocess.PIPE,
+            stderr=self._err,
             text=True,
             env=env,
         )
@@ -58,7 +69,7 @@ class Running:
         if not line or json.loads(line) != {"ready": True}:
             self.proc.kill()
             self.proc.wait()
-            raise SideFailed(f"{self.name} did not get ready (printed {line!r})")
+            raise SideFailed(f"{self.name} did not get ready (printed {line!r}){self._tail()}")
 
     def result(self, timeout: float) -> dict[str, Any]:
         """Wait for the side to finish and return what it printed last."""
@@ -67,10 +78,13 @@ class Running:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
-            raise SideFailed(f"{self.name} ran past {timeout:g} s and was killed") from None
+            raise SideFailed(
+                f"{self.name} ran past {timeout:g} s and was killed{self._tail()}"
+            ) from None
         lines = out.strip().splitlines()
         if self.proc.returncode != 0 or not lines:
-            raise SideFailed(f"{self.name} exited with {self.proc.returncode}; see stderr above")
+            where = self._tail() or "; see stderr above"
+            raise SideFailed(f"{self.name} exited with {self.proc.returncode}{where}")
         return json.loads(lines[-1])  # type: ignore[no-any-return]
 
     def kill(self) -> None:
@@ -78,13 +92,28 @@ class Running:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self._err is not None:
+            self._err.close()
+
+    def _tail(self, lines: int = 20) -> str:
+        """The end of the side's stderr file, for an error message (it is not on the terminal)."""
+        if self.stderr is None:
+            return ""
+        text = self.stderr.read_text(errors="replace").splitlines()[-lines:]
+        return f"; the end of its stderr ({self.stderr}):\n" + "\n".join(text)
 
 
 def run(
-    figure: str, side: str, params: dict[str, Any], *, timeout: float, profile: str | None = None
+    figure: str,
+    side: str,
+    params: dict[str, Any],
+    *,
+    timeout: float,
+    profile: str | None = None,
+    stderr: Path | None = None,
 ) -> dict[str, Any]:
     """Run one side to completion in a fresh interpreter; returns its result."""
-    running = Running(figure, side, params, profile)
+    running = Running(figure, side, params, profile, stderr)
     try:
         return running.result(timeout)
     finally:
@@ -95,7 +124,8 @@ def main() -> None:
     figure, side, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     from flowline import _logging
 
-    # Quiet: only warnings reach stderr, and nothing but results reaches stdout.
+    # Quiet: only warnings reach stderr, and nothing but results reaches stdout. flowline's
+    # sides configure logging again, as production would (`common.observe`).
     _logging.configure(level="WARNING")
     module = importlib.import_module(f"benchmarks.{figure}")
     fn = module.SIDES[side]
