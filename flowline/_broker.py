@@ -182,9 +182,9 @@ class FlowlineBroker(AsyncBroker):
                 keys=[keys.jobs, keys.delayed], args=[keys.job_prefix, int(time.time() * 1000), 500]
             )
             vis, prefix = worker._vis_ms, keys.job_prefix
-            args: list[Any] = [GROUP, self.consumer, vis, "0-0", _READ_COUNT, prefix]
+            args: list[Any] = [GROUP, self.consumer, vis, _READ_COUNT, prefix]
             for stream in keys.streams:
-                _, *claimed = await scripts.reclaim(keys=[stream], args=args)
+                claimed = await scripts.reclaim(keys=[stream], args=args)
                 rows += [Running.from_reclaim(stream, row) for row in claimed]
         streams: Any = dict.fromkeys(keys.streams, ">")
         try:

@@ -130,21 +130,26 @@ local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#ids, nxt[2] or '-1'}
 """
 
-# KEYS: a ready stream. ARGV: group, consumer, min idle ms, cursor, count, job key prefix.
-# Claims jobs whose worker stopped heart-beating; counts the attempt up.
-# Returns {next cursor, {entry id, job id, topic, data, attempt, born, trace}...}.
+# KEYS: a ready stream. ARGV: group, consumer, min idle ms, count, job key prefix.
+# Claims up to `count` jobs whose worker stopped heart-beating; counts the attempt up.
+# XPENDING IDLE looks through the whole pending list for abandoned entries, so every one is
+# found on the first call after its claim expired (XAUTOCLAIM examines only 10 x COUNT entries
+# per call: with COUNT = free slots, a long pending list took many calls to get through).
+# Returns {{entry id, job id, topic, data, attempt, born, trace}...}.
 RECLAIM = """
-local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
-  'COUNT', ARGV[5])
-local out = {res[1]}
-for _, e in ipairs(res[2]) do
-  local f = {}
-  local fields = e[2]
-  for j = 1, #fields, 2 do f[fields[j]] = fields[j + 1] end
-  if f.id then
-    local attempt = redis.call('HINCRBY', ARGV[6] .. f.id, 'attempt', 1)
-    table.insert(out, {e[1], f.id, f.topic, f.data, tostring(attempt), f.born or '0',
-      f.trace or ''})
+local out = {}
+local idle = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+for _, p in ipairs(idle) do
+  -- An entry deleted from the stream comes back empty (and leaves the pending list).
+  for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])) do
+    local f = {}
+    local fields = e[2]
+    for j = 1, #fields, 2 do f[fields[j]] = fields[j + 1] end
+    if f.id then
+      local attempt = redis.call('HINCRBY', ARGV[5] .. f.id, 'attempt', 1)
+      table.insert(out, {e[1], f.id, f.topic, f.data, tostring(attempt), f.born or '0',
+        f.trace or ''})
+    end
   end
 end
 return out

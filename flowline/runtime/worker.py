@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from redis.exceptions import ResponseError
 
+from .. import _logging
 from ..errors import Fail, JobError, JobTimeout, Retry, SerializationError, UnknownTopicError
 from ..observability.tracing import get_tracing
 from .deadletters import job_record
@@ -45,9 +46,6 @@ if TYPE_CHECKING:
     from .scripts import Scripts
 
 log = structlog.get_logger("flowline.worker")
-
-# Abandoned jobs a worker claims per stream and reclaim tick, at least (see `_reclaim`).
-RECLAIM_COUNT = 50
 
 
 def consumer_name() -> str:
@@ -156,7 +154,6 @@ class QueueWorker:
         self._flush_wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._backlog: collections.deque[Running] = collections.deque()
-        self._reclaim_cursors = dict.fromkeys(self.keys.streams, "0-0")
         self._keep = str(int(self.opts.keep_completed))
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
         self._reclaim_after = 0.0  # monotonic time before which this worker does not reclaim
@@ -502,16 +499,7 @@ class QueueWorker:
             if self._stats:
                 self._count_completed(batch, now / 1000)
             if self._log_jobs:
-                info = self.log.info
-                for job, _, _ in batch:
-                    info(
-                        "job completed",
-                        topic=job.topic,
-                        job=job.job_id,
-                        attempt=job.attempt,
-                        duration=round(job.duration, 6),
-                        outcome="completed",
-                    )
+                self._log_completed(batch)
             bus = self.bus
             if bus.wants("job:complete"):
                 for job, _, result in batch:
@@ -524,6 +512,24 @@ class QueueWorker:
                         attempt=job.attempt,
                     )
             await self._finished([job.job_id for job, _, _ in batch])
+
+    def _log_completed(self, batch: list[tuple[Running, str, Any]]) -> None:
+        """One INFO line per job: written a batch at a time when flowline set up JSON logs."""
+        lines = _logging.job_lines()
+        if lines is not None:
+            rows = ((job.topic, job.job_id, job.attempt, job.duration) for job, _, _ in batch)
+            lines.completed(self.pipeline.name, self.queue.name, rows)
+            return
+        info = self.log.info
+        for job, _, _ in batch:
+            info(
+                "job completed",
+                topic=job.topic,
+                job=job.job_id,
+                attempt=job.attempt,
+                duration=round(job.duration, 6),
+                outcome="completed",
+            )
 
     def _stats_key(self) -> str:
         """This time window's counts of the queue (``flowline status`` reads the last minute)."""
@@ -630,28 +636,17 @@ class QueueWorker:
 
     async def _reclaim(self) -> None:
         for stream in self.keys.streams:
-            # XAUTOCLAIM examines at most 10 x COUNT pending entries per call. A COUNT of just
-            # our free slots (1 when busy) would crawl through a long pending list, one slice
-            # per tick, and leave a dead worker's jobs unclaimed for many ticks; claim every
-            # abandoned job we find instead, and run what does not fit when slots free up.
-            count = max(RECLAIM_COUNT, self.concurrency - self._running)
-            reply = await self.scripts.reclaim(
+            # As many as we can start now (one, over the limit, when busy): the rest are left to
+            # workers with free slots, rather than waiting here behind our own jobs.
+            count = max(1, self.concurrency - self._running)
+            entries = await self.scripts.reclaim(
                 keys=[stream],
-                args=[
-                    GROUP,
-                    self.consumer,
-                    self._vis_ms,
-                    self._reclaim_cursors[stream],
-                    count,
-                    self.keys.job_prefix,
-                ],
+                args=[GROUP, self.consumer, self._vis_ms, count, self.keys.job_prefix],
             )
-            cursor, *entries = reply
-            self._reclaim_cursors[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
             for row in entries:
                 job = Running.from_reclaim(stream, row)
                 if job.key in self.claims:
-                    continue  # ours and still running: XAUTOCLAIM just refreshed our claim
+                    continue  # ours and still running: XCLAIM just refreshed our claim
                 self.log.warning(
                     "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
                 )
@@ -666,12 +661,7 @@ class QueueWorker:
                     )
                     await self._failed(job, None, None, exc)
                     continue
-                if self._running < self.concurrency:
-                    self._start(job)
-                else:
-                    # Claimed and kept alive by the heartbeat until a slot frees (see `_read`).
-                    self.claims[job.key] = job
-                    self._backlog.append(job)
+                self._start(job)
 
     # -- shutdown -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -123,6 +124,10 @@ class Report:
     attempt_regressions: list[str] = field(default_factory=list)
     max_recovery: float = 0.0  # killed run's start -> the job's next start
     max_takeover: float = 0.0  # SIGKILL -> the next start of a job the killed worker ran
+    median_takeover: float = 0.0
+    # SIGKILL -> the first of the killed worker's jobs claimed by another worker: how fast the
+    # reclaim mechanism reacts, before any wait for a free slot (max over kills)
+    max_first_reclaim: float = 0.0
     planned_failures: int = 0
     lost_claims: int = 0
     lost_mid_run: list[str] = field(default_factory=list)
@@ -149,6 +154,8 @@ class Report:
             f"duplicates={len(self.duplicates)} dead_letters={self.dead_letters} "
             f"max_recovery={self.max_recovery:.2f}s kills={self.kills} "
             f"restarts={self.restarts} | max_takeover={self.max_takeover:.2f}s "
+            f"median_takeover={self.median_takeover:.2f}s "
+            f"max_first_reclaim={self.max_first_reclaim:.2f}s "
             f"interrupted={self.interrupted} "
             f"planned_failures={self.planned_failures} "
             f"missing={len(self.missing)} strays={len(self.strays)} "
@@ -191,6 +198,8 @@ class ChaosRun:
         self.job_counts: dict[int, int] = {}  # event number -> jobs it fans out into
         # (pid, job id, when) of every "lost claim" warning
         self.lost_claims: list[tuple[int, str, float]] = []
+        # (job id, when) of every "reclaimed job from a worker that stopped" line
+        self.reclaims: list[tuple[str, float]] = []
         self.stream = ""
         self.queue = QueueKeys(chaos_app.QUEUE)
 
@@ -432,6 +441,8 @@ class ChaosRun:
                 )
         r.max_recovery = max(delays, default=0.0)
         r.max_takeover = max(takeovers, default=0.0)
+        r.median_takeover = statistics.median(takeovers) if takeovers else 0.0
+        r.max_first_reclaim = self._first_reclaims(runs)
 
         r.lost_claims = len(self.lost_claims)
         for pid, job_id, when in self.lost_claims:
@@ -504,6 +515,20 @@ class ChaosRun:
             if job_id in expected and state != "completed":
                 r.hash_problems.append(f"{job_id}: state {state!r}")
 
+    def _first_reclaims(self, runs: list[Run]) -> float:
+        """Per kill, how long until another worker claimed the first of the victim's jobs."""
+        held: dict[int, set[str]] = defaultdict(set)
+        for run in runs:
+            if run.end is None and run.pid in self.killed:
+                held[run.pid].add(run.id)
+        firsts = []
+        for pid, ids in held.items():
+            killed = self.killed[pid]
+            claimed = [when for job_id, when in self.reclaims if job_id in ids and when > killed]
+            if claimed:
+                firsts.append(min(claimed) - killed)
+        return max(firsts, default=0.0)
+
     def _read_logs(self) -> None:
         """Crashes, exits and how fast each worker logged fault warnings."""
         r = self.report
@@ -515,6 +540,9 @@ class ChaosRun:
                 level = line.get("level")
                 if level in ("warning", "error"):
                     counts[event] += 1
+                if event == "reclaimed job from a worker that stopped":
+                    when = datetime.fromisoformat(line["timestamp"]).timestamp()
+                    self.reclaims.append((str(line.get("job")), when))
                 if event == "lost claim on job; stopping our run":
                     when = datetime.fromisoformat(line["timestamp"]).timestamp()
                     self.lost_claims.append((w.pid, str(line.get("job")), when))

@@ -41,9 +41,11 @@ PARAMS = [
         ],
     ),
 ]
-# A killed worker's job is taken over once its claim is older than the visibility timeout,
-# by a worker that looks every visibility/4 s; the rest is slack for a loaded 2-core machine.
-TAKEOVER_BOUND = VISIBILITY + VISIBILITY / 4 + 5.0
+# A killed worker's jobs become claimable once their claim is older than the visibility timeout
+# (at most that long after the kill: the last heartbeat came before it), and live workers look
+# every visibility/4 s: the README's "about 1.25 x the visibility timeout". The second of slack
+# is for a loaded 2-core machine. How soon *all* of them run again also depends on free slots.
+RECLAIM_BOUND = VISIBILITY * 1.25 + 1.0
 
 
 @pytest.fixture
@@ -99,7 +101,7 @@ class TestChaos:
         assert report.kills >= 4
         assert report.restarts == report.kills
         assert report.interrupted >= 1, "no kill landed while a job ran"
-        assert report.max_takeover < TAKEOVER_BOUND
+        assert 0 < report.max_first_reclaim < RECLAIM_BOUND
         assert_nothing_lost_or_doubled(report)
 
     @pytest.mark.parametrize("size", PARAMS)
