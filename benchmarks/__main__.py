@@ -29,6 +29,10 @@ What is measured (every side runs in a fresh Python process; the servers are sha
    counters, ``worker observed`` against ``metrics`` the log lines. The notes give those costs
    in microseconds per job, and time the "job completed" call alone in a loop (``logline``),
    split into rendering (per structlog processor) and writing.
+   ``events`` is off plus the event log (`flowline.runtime.eventlog`, as `Runner` attaches it
+   with the default retention): every job:start and job:complete is appended to Redis; its
+   clock stops once all of them are written, and its figure is void unless they all were,
+   none dropped. Row ``worker events`` against off: target ratio >= 0.85.
 4. latency, ms: a publisher publishes events at a steady rate, each stamped with the time of
    its publish; one process runs stream ingest and queue worker, and the handler records how
    long after the publish it ran (both jobs of every event). Targets: p50 <= 2, p99 <= 10.
@@ -77,7 +81,7 @@ BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
 FIGURES = ("ingest", "worker", "latency")
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
-FLOWLINE_SIDES = ("flowline", "metrics", "observed")
+FLOWLINE_SIDES = ("flowline", "events", "metrics", "observed")
 LOGGING_SIDES = (*FLOWLINE_SIDES, "logline")
 OFF = "off: no metrics, logs at WARNING"
 
@@ -210,7 +214,7 @@ class Bench:
 
     def worker(self) -> list[Row]:
         s = self.sizes
-        names = ("flowline", "metrics", "observed", "raw", "same", "taskiq")
+        names = ("flowline", "events", "metrics", "observed", "raw", "same", "taskiq")
         samples: dict[str, list[float]] = {name: [] for name in names}
         cpu: dict[str, list[float]] = {}  # the side's own CPU time per job, microseconds
         for r, name in alternate(list(samples), s.rounds):
@@ -245,6 +249,8 @@ class Bench:
             Row("worker", "jobs/s", "metrics on, logs at WARNING", samples["observed"],
                 samples["metrics"], side="observed"),
             Row("worker", "jobs/s", OFF, samples["metrics"], fl, side="metrics"),
+            Row("worker", "jobs/s", "events off (the flowline side)", samples["events"], fl,
+                ">= 0.85x", check=lambda f, b: f >= 0.85 * b, side="events"),
         ]  # fmt: skip
 
     def _log_cost(self, samples: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
@@ -359,6 +365,8 @@ def _observed(res: dict[str, Any]) -> str:
         out += f", metrics counted {res['routed']:,.0f} events, {res['enqueued']:,.0f} jobs"
     if res.get("scrape_ms") is not None:
         out += f" (scrape {res['scrape_ms']:.1f} ms)"
+    if res.get("events") is not None:
+        out += f", {res['events']:,} events written, {res['kept']:,} kept"
     return out
 
 
@@ -368,6 +376,11 @@ def _check_worker(name: str, jobs: int, res: dict[str, Any]) -> None:
         raise RuntimeError(f"worker/{name} completed {res['completed']} of {jobs} jobs")
     if name in ("metrics", "observed") and res["counted"] != jobs:
         raise RuntimeError(f"worker/{name}'s metrics counted {res['counted']} of {jobs} jobs")
+    if name == "events" and (res["events"], res["dropped"]) != (2 * jobs, 0):
+        raise RuntimeError(
+            f"worker/events wrote {res['events']} events and dropped {res['dropped']}, "
+            f"not {2 * jobs} and 0 (a job:start and a job:complete per job)"
+        )
     if "log" in res:
         lines = res["log"].get("job completed", 0)
         expected = jobs if name == "observed" else 0

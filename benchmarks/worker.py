@@ -85,10 +85,11 @@ async def _acked(redis: Redis, stream: str, group: str) -> None:
 
 
 async def _flowline(
-    nats_url: str, redis_url: str, jobs: int, *, metrics: bool, logs: bool
+    nats_url: str, redis_url: str, jobs: int, *, metrics: bool, logs: bool, events: bool = False
 ) -> dict[str, Any]:
     """flowline's `QueueWorker` with a no-op async handler, default concurrency and batch."""
     from flowline import Queue, Route, Settings, Stream
+    from flowline.runtime.eventlog import EventLog, stream_key
     from flowline.runtime.runner import connect_redis
     from flowline.runtime.scripts import Scripts
     from flowline.runtime.worker import QueueWorker
@@ -104,13 +105,34 @@ async def _flowline(
     redis = await connect_redis(Settings(nats_url=nats_url, redis_url=redis_url))
     worker = QueueWorker(pipeline, queue, redis, Scripts(redis), metrics=observed)
     await worker.setup()
+    log = None
+    if events:  # as `Runner` sets it up with the default retention
+        log = EventLog(redis, "bench-process", Settings().events_retention)
+        log.attach([pipeline])
+        log.start()
     stop = asyncio.Event()
     window = common.Window()
     task = asyncio.create_task(worker.run(stop, 5.0))
     await _acked(redis, QueueKeys(QUEUE).jobs, GROUP)
+    if log is not None:
+        # The clock stops once every job's job:start and job:complete is in Redis, too.
+        async def written() -> bool:
+            return log.written + log.dropped >= 2 * jobs
+
+        await common.until(written, within=60, what="every event written", every=0.001)
     window.close()
     stop.set()
     await task
+    recorded: dict[str, Any] = {}
+    if log is not None:
+        await log.close()
+        recorded = {
+            "events": log.written,
+            "dropped": log.dropped,
+            "kept": sum(
+                int(fields[b"count"]) for _, fields in await redis.xrange(stream_key(pipeline.name))
+            ),
+        }
     completed = await _completed(redis)
     await redis.aclose()
     scraped = common.scrape(observed)
@@ -119,12 +141,18 @@ async def _flowline(
         completed=completed,
         counted=scraped.get("flowline_jobs_completed_total"),
         scrape_ms=scraped.get("scrape_ms"),
+        **recorded,
     )
 
 
 async def flowline(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
     """Off: no metrics, logging at WARNING, so the per-job lines are skipped."""
     return await _flowline(nats_url, redis_url, jobs, metrics=False, logs=False)
+
+
+async def events(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
+    """Off, plus the event log: every job:start and job:complete appended to Redis."""
+    return await _flowline(nats_url, redis_url, jobs, metrics=False, logs=False, events=True)
 
 
 async def metrics(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
@@ -295,6 +323,7 @@ async def taskiq(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
 
 SIDES = {
     "flowline": flowline,
+    "events": events,
     "metrics": metrics,
     "observed": observed,
     "logline": logline,

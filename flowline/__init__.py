@@ -21,6 +21,7 @@ from .errors import (
     UnknownTopicError,
 )
 from .runtime.cron import CronTick
+from .runtime.eventlog import listen
 from .runtime.job import JobContext
 from .runtime.queues import JobInfo, QueueCounts, QueueHandle
 from .runtime.runner import Runner, connect
@@ -45,6 +46,7 @@ __all__ = [
     "Runner",
     "Settings",
     "connect",
+    "listen",
     # taskiq
     "FlowlineBroker",
     "compile_broker",

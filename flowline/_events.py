@@ -1,7 +1,11 @@
 """The pipeline's event bus: `on`, `once`, `off` and `emit`, stage-aware.
 
 Emitting is on every hot path, so an event nobody listens to costs one dict lookup.
-A listener that raises is logged and never breaks the pipeline.
+A listener that raises is logged and never breaks the pipeline. A sink (the runtime's Redis
+event log) may be attached: it is handed every lifecycle event, listened to or not.
+
+Names a listener may give: an event's name, ``*`` (every event), ``error`` (every
+``error:<stage>``) and ``<family>:*`` (every ``<family>:<anything>``, e.g. ``job:*``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,44 @@ import structlog
 log = structlog.get_logger("flowline.events")
 
 Listener = Callable[["Event"], Awaitable[None] | None]
+# Called as sink(pipeline, name, stage, data) for every lifecycle event; must not raise.
+Sink = Callable[[str, str, str, dict[str, Any]], None]
+
+# What happened to a job, a message's jobs or a cron tick: what the event log records of every
+# process, with every ``error:<stage>``. Not ``stream`` and ``route`` (one per message, carrying
+# the decoded event: listen locally for those) nor ``cron:<topic>`` (a copy of ``cron``).
+LIFECYCLE = frozenset(
+    {
+        "job:start",
+        "job:progress",
+        "job:complete",
+        "job:retry",
+        "job:failed",
+        "dead-letter",
+        "route:complete",
+        "cron",
+    }
+)
+
+
+def is_lifecycle(name: str) -> bool:
+    """Whether `name` is a lifecycle event (see `LIFECYCLE`), ``error:<stage>`` included."""
+    return name in LIFECYCLE or name.startswith("error:")
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether a listener of `pattern` hears an event called `name` (the bus's rules)."""
+    if pattern == name or pattern == "*":
+        return True
+    if pattern == "error":
+        return name.startswith("error:")
+    return pattern.endswith(":*") and name.startswith(pattern[:-1])
+
+
+def _family(name: str) -> str:
+    """``job:start`` -> ``job:*``; names without a colon have no family."""
+    head, colon, _ = name.partition(":")
+    return f"{head}:*" if colon else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +86,27 @@ class Event:
 
 
 class EventBus:
-    """Listeners by event name; ``*`` hears everything, ``error`` every ``error:<stage>``."""
+    """Listeners by event name; ``*`` hears everything, ``error`` every ``error:<stage>``,
+    ``job:*`` every ``job:<anything>``."""
 
     def __init__(self, pipeline: str) -> None:
         self.pipeline = pipeline
         self._listeners: dict[str, list[tuple[Listener, bool]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._families = 0  # how many ``<family>:*`` names have listeners: 0 skips the lookup
+        self.sink: Sink | None = None
+
+    def attach(self, sink: Sink) -> bool:
+        """Hand every lifecycle event to `sink` from now on; False if another is attached."""
+        if self.sink is not None:
+            return False
+        self.sink = sink
+        return True
+
+    def detach(self, sink: Sink) -> None:
+        """Stop handing events to `sink` (if it is the one attached)."""
+        if self.sink is sink:
+            self.sink = None
 
     def on(self, name: str, listener: Listener | None = None) -> Any:
         """Call `listener` for every event called `name`; usable as a decorator."""
@@ -69,28 +126,52 @@ class EventBus:
         """Remove `listener` from `name`, or every listener of `name` when none is given."""
         if listener is None:
             self._listeners.pop(name, None)
-            return
-        kept = [(fn, once) for fn, once in self._listeners.get(name, []) if fn is not listener]
-        self._listeners[name] = kept
+        else:
+            kept = [(fn, once) for fn, once in self._listeners.get(name, []) if fn is not listener]
+            self._listeners[name] = kept
+        self._count_families()
 
     def _add(self, name: str, listener: Listener, *, once: bool) -> None:
         if not callable(listener):
             raise TypeError(f"listener for {name!r} must be callable, got {listener!r}")
         self._listeners.setdefault(name, []).append((listener, once))
+        self._count_families()
+
+    def _count_families(self) -> None:
+        self._families = sum(1 for k, v in self._listeners.items() if v and k.endswith(":*"))
 
     def wants(self, name: str) -> bool:
-        """Whether emitting `name` would reach any listener (lets hot paths skip building data)."""
+        """Whether emitting `name` would reach any listener or the sink (lets hot paths skip
+        building data)."""
+        if self.sink is not None and (name in LIFECYCLE or name.startswith("error:")):
+            return True
+        return self._heard(name)
+
+    def _heard(self, name: str) -> bool:
         ls = self._listeners
-        return bool(ls.get(name) or ls.get("*") or (name.startswith("error:") and ls.get("error")))
+        return bool(
+            ls.get(name)
+            or ls.get("*")
+            or (name.startswith("error:") and ls.get("error"))
+            or (self._families and ls.get(_family(name)))
+        )
 
     def emit(self, name: str, stage: str, **data: Any) -> None:
-        """Deliver an event to its listeners, to ``error`` for ``error:*`` names, and to ``*``."""
-        if not self.wants(name):
+        """Deliver an event to its listeners, to ``error`` for ``error:*`` names, to
+        ``<family>:*``, to ``*``, and a lifecycle event to the sink."""
+        sink = self.sink
+        if sink is not None and (name in LIFECYCLE or name.startswith("error:")):
+            sink(self.pipeline, name, stage, data)
+        if not self._listeners or not self._heard(name):
             return
         event = Event(name, stage, self.pipeline, data)
         self._deliver(name, event)
         if name.startswith("error:"):
             self._deliver("error", event)
+        if self._families:
+            family = _family(name)
+            if family:
+                self._deliver(family, event)
         self._deliver("*", event)
 
     def _deliver(self, key: str, event: Event) -> None:

@@ -34,6 +34,8 @@ class Settings:
             connection instead of failing (default: enough for every loop, plus 32).
         heartbeat: seconds between refreshes of this process's entry in the process registry;
             an entry not refreshed for three of them is gone.
+        events_retention: about how many lifecycle events each pipeline's event log in Redis
+            keeps (``flowline events``, `flowline.listen`); 0 records none.
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -48,6 +50,7 @@ class Settings:
     metrics: bool = True
     redis_max_connections: int | None = None
     heartbeat: float = 5.0
+    events_retention: int = 10_000
 
     def __post_init__(self) -> None:
         for url in self.nats_url.split(","):
@@ -70,6 +73,10 @@ class Settings:
             raise ConfigurationError("http_host must not be empty")
         if not 0.1 <= self.heartbeat <= 300:
             raise ConfigurationError(f"heartbeat must be within 0.1..300 s, got {self.heartbeat}")
+        if self.events_retention < 0:
+            raise ConfigurationError(
+                f"events_retention must be >= 0 (0: off), got {self.events_retention}"
+            )
         if self.redis_max_connections is not None and self.redis_max_connections < 4:
             raise ConfigurationError("redis_max_connections must be >= 4")
 
@@ -78,7 +85,8 @@ class Settings:
         """Settings from ``FLOWLINE_*`` environment variables; `overrides` win.
 
         Reads ``FLOWLINE_NATS_URL``, ``FLOWLINE_REDIS_URL``, ``FLOWLINE_TLS_CA``,
-        ``FLOWLINE_HTTP_PORT``, ``FLOWLINE_HTTP_HOST`` and ``FLOWLINE_HEARTBEAT``.
+        ``FLOWLINE_HTTP_PORT``, ``FLOWLINE_HTTP_HOST``, ``FLOWLINE_HEARTBEAT`` and
+        ``FLOWLINE_EVENTS_RETENTION``.
         """
         values: dict[str, object] = {
             "nats_url": os.environ.get("FLOWLINE_NATS_URL", DEFAULT_NATS_URL),
@@ -100,6 +108,14 @@ class Settings:
             except ValueError:
                 raise ConfigurationError(
                     f"FLOWLINE_HTTP_PORT must be a port number, got {port!r}"
+                ) from None
+        retention = os.environ.get("FLOWLINE_EVENTS_RETENTION", "").strip()
+        if retention:
+            try:
+                values["events_retention"] = int(retention)
+            except ValueError:
+                raise ConfigurationError(
+                    f"FLOWLINE_EVENTS_RETENTION must be a number of events, got {retention!r}"
                 ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """``flowline``: load ``module:attr`` and hand it to the runtime (arq / faststream style).
 
-One module per command (group): `worker`, `dlq`, `jobs`, `publish`, `status`. Each is thin: it
-parses options, builds `Settings`, and calls the runtime.
+One module per command (group): `worker`, `dlq`, `events`, `jobs`, `publish`, `status`. Each is
+thin: it parses options, builds `Settings`, and calls the runtime.
 """
 
 from __future__ import annotations
@@ -21,6 +21,6 @@ def main() -> None:
 
 
 # Imported for their side effect: each registers its command on `main`.
-from . import dashboard, dlq, jobs, publish, status, worker  # noqa: E402
+from . import dashboard, dlq, events, jobs, publish, status, worker  # noqa: E402
 
-__all__ = ["dashboard", "dlq", "jobs", "load", "main", "publish", "status", "worker"]
+__all__ = ["dashboard", "dlq", "events", "jobs", "load", "main", "publish", "status", "worker"]

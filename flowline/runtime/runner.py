@@ -34,6 +34,7 @@ from . import deadletters, registry
 from .cron import CronSource
 from .emit import Emitter
 from .enqueue import direct, write
+from .eventlog import EventLog
 from .ingest import StreamIngest, ensure_stream
 from .probe import Probe
 from .registry import Registration
@@ -144,6 +145,7 @@ class Runner:
         self.workers: list[QueueWorker] = []
         self._registration: Registration | None = None
         self._registry_task: asyncio.Task[None] | None = None
+        self.events: EventLog | None = None  # this process's writer of the event log
         self.metrics = Metrics(registry) if self.settings.metrics else None
         self.probe = Probe(self)
         self.http: HttpEndpoint | None = None
@@ -174,6 +176,8 @@ class Runner:
         try:
             await self._start()
         except BaseException:
+            if self.events is not None:
+                self.events.detach()
             if self.http is not None:
                 await self.http.stop()
             raise
@@ -183,6 +187,10 @@ class Runner:
         self.redis = await connect_redis(s, self._pool_size())
         self.scripts = Scripts(self.redis)
         parts = self._parts()
+        if parts and s.events_retention:
+            # Attached before any loop runs, so their first events are recorded too.
+            self.events = EventLog(self.redis, self._consumer, s.events_retention)
+            self.events.attach(self.plan.pipelines)
         if parts:
             # Registered before any consumer exists, so no live consumer looks abandoned.
             self._registration = Registration(
@@ -230,6 +238,8 @@ class Runner:
             http=self.http.url if self.http is not None else None,
         )
         self.started = True
+        if self.events is not None:
+            self.events.start()
         if self._registration is not None:
             self._registry_task = asyncio.create_task(self._keep_registered(), name="registry")
 
@@ -307,6 +317,8 @@ class Runner:
             await p.bus.drain()
             if p._runner is self:
                 p._runner = None
+        if self.events is not None:
+            await self.events.close()
         if self.nc is not None:
             # Not drain(): our loops have stopped, and unacked messages are redelivered anyway.
             await self.nc.close()

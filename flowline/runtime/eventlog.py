@@ -1,0 +1,577 @@
+"""The event log: every process's lifecycle events, in one bounded Redis stream per pipeline.
+
+    flowline:{events:<pipeline>}         stream; each entry is one batch of one process's
+                                         events: ``process`` (its id), ``count`` and ``events``
+                                         (a JSON array of {name, stage, seq, time ms, data})
+    flowline:{events:<pipeline>}:index   list of "<entry id> <events so far>", oldest first:
+                                         lets the append script trim by events, not entries
+
+Writing: the runner attaches an `EventLog` to each pipeline's bus, which hands it every
+lifecycle event (`flowline._events.LIFECYCLE`, ``error:<stage>``) as it is emitted, listened
+to or not. The log encodes the event at once (later changes to a job's data do not show) and
+buffers it; a background task appends what gathered every few milliseconds as one entry per
+pipeline, in one script call: one round trip and one XADD per flush, never one per event. A
+full buffer (Redis slow or away) drops its oldest events, counted and warned about once a
+minute. The stream keeps the newest `retention` events at least, and at most one entry more.
+
+Why a batch per entry: an XADD per event cost Redis about 2.5 us per event in the benchmark (a
+scripted XADD and its AOF record), which alone took about a tenth of the worker's throughput;
+one entry per flush costs it a fraction of that. Why not inside the completion script: that
+script touches only the keys of one queue (one Redis Cluster slot), while a pipeline's log
+gathers its queues, its stream side and its cron in one key, so that a reader needs one XREAD.
+
+Reading: `tail` (``flowline events``) and `listen` follow the streams with XREAD BLOCK. An
+event's id is ``<entry id>/<index in the entry>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import json
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._events import LIFECYCLE, Event, matches
+from .._settings import Settings
+from ..errors import ConfigurationError
+from .job import JobContext
+
+if TYPE_CHECKING:
+    from .._events import EventBus, Sink
+    from .._pipeline import Pipeline
+
+log = structlog.get_logger("flowline.eventlog")
+
+FLUSH_INTERVAL = 0.005  # seconds events gather before a flush: bigger batches, same latency class
+MAX_PER_ENTRY = 1000  # events per entry
+MAX_ENTRY = 1 << 20  # bytes of JSON per entry (more events wait for the next)
+MAX_EVENT = 16 * 1024  # bytes of JSON per event; larger values are replaced by a note
+WARN_EVERY = 60.0  # seconds between two warnings about dropped events
+BLOCK_MS = 1000  # how long one XREAD waits for new entries
+
+# KEYS: a pipeline's event stream, its index. ARGV: retention, process id, number of events,
+# the events (one JSON array). Returns the new entry's id.
+APPEND = """
+local stream, index = KEYS[1], KEYS[2]
+local retention, n = tonumber(ARGV[1]), tonumber(ARGV[3])
+local function total_of(row) return tonumber(string.match(row, ' (%d+)$')) end
+-- Both or neither: a log whose stream or index was deleted starts again from nothing.
+if redis.call('EXISTS', stream) == 0 or redis.call('LLEN', index) == 0 then
+  redis.call('DEL', stream, index)
+end
+local last = redis.call('LINDEX', index, -1)
+local total = n + (last and total_of(last) or 0)
+local id = redis.call('XADD', stream, '*', 'process', ARGV[2], 'count', n, 'events', ARGV[4])
+redis.call('RPUSH', index, id .. ' ' .. total)
+-- Drop the oldest entries all of whose events are older than the newest `retention`.
+local floor, dropped = total - retention, false
+while true do
+  local head = redis.call('LINDEX', index, 0)
+  if total_of(head) > floor then
+    if dropped then redis.call('XTRIM', stream, 'MINID', string.match(head, '^(%S+)')) end
+    return id
+  end
+  redis.call('LPOP', index)
+  dropped = true
+end
+"""
+
+
+def stream_key(pipeline: str) -> str:
+    """The Redis stream holding `pipeline`'s events (its own hash tag: one Cluster slot)."""
+    return f"flowline:{{events:{pipeline}}}"
+
+
+def index_key(pipeline: str) -> str:
+    """The list the append script trims `pipeline`'s stream by (same hash tag)."""
+    return stream_key(pipeline) + ":index"
+
+
+# -- the JSON view of an event's data (one place: writers encode it, readers rebuild from it) ---
+
+
+def _view(value: Any) -> Any:
+    """What JSON cannot encode itself becomes plain JSON values; anything else its repr."""
+    if isinstance(value, JobContext):
+        return {
+            "id": value.id,
+            "topic": value.topic,
+            "attempt": value.attempt,
+            "queue": value.queue,
+            "data": value.data,
+        }
+    if isinstance(value, BaseException):
+        return {"type": type(value).__name__, "message": str(value)}
+    if isinstance(value, date):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return repr(value)
+
+
+def _encoder(default: Callable[[Any], Any]) -> Callable[[Any], str]:
+    # One reused C encoder: `JSONEncoder.encode` builds a new one per call, which doubles the
+    # cost of the small dicts events are. No circular-reference check: recursion fails instead.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has the C accelerator
+        return json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=default).encode
+    chunks = make(
+        None, default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    return lambda value: "".join(chunks(value, 0))
+
+
+_encode = _encoder(_view)
+_esc = json.encoder.encode_basestring  # C: a str as a JSON string
+
+
+def encode(name: str, stage: str, seq: int, at_ms: int, data: dict[str, Any]) -> str:
+    """One event as the log stores it: name, stage, seq, time (ms), and `data`'s JSON view.
+
+    Written out by hand for the values events mostly carry (strings, ints, None, a job): on
+    the worker's hot path this costs half of handing the whole event to the C encoder.
+    """
+    try:
+        parts = []
+        for key, value in data.items():  # keys are keyword names: nothing to escape
+            kind = type(value)
+            if kind is str:
+                parts.append(f'"{key}":{_esc(value)}')
+            elif kind is int:
+                parts.append(f'"{key}":{value}')
+            elif value is None:
+                parts.append(f'"{key}":null')
+            elif kind is JobContext:
+                parts.append(f'"{key}":{_job(value)}')
+            else:
+                parts.append(f'"{key}":{_encode(value)}')
+        body = ",".join(parts)
+    except (TypeError, ValueError, RecursionError):
+        # A key JSON refuses, NaN, or a cycle: each value as its repr instead.
+        body = ",".join(f'"{key}":{_esc(repr(value))}' for key, value in data.items())
+    if len(body) > MAX_EVENT:
+        body = _encode(_clipped(data))[1:-1]
+    return (
+        f'{{"name":{_esc(name)},"stage":{_esc(stage)},"seq":{seq},"time":{at_ms},'
+        f'"data":{{{body}}}}}'
+    )
+
+
+def _job(job: JobContext) -> str:
+    return (
+        f'{{"id":{_esc(job.id)},"topic":{_esc(job.topic)},"attempt":{job.attempt},'
+        f'"queue":{_esc(job.queue)},"data":{_encode(job.data)}}}'
+    )
+
+
+def _clipped(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each large value replaced by a note of its size (a job keeps its head)."""
+    out: dict[str, Any] = {}
+    limit = MAX_EVENT // max(1, len(data)) - 64
+    for k, v in data.items():
+        try:
+            text = _encode(v)
+        except (TypeError, ValueError, RecursionError):
+            v = text = repr(v)
+        if len(text) <= limit:
+            out[k] = v
+        elif isinstance(v, JobContext):
+            out[k] = {**_view(v), "data": f"<{len(_encode(v.data))} bytes of JSON, left out>"}
+        else:
+            out[k] = f"<{len(text)} bytes of JSON, left out>"
+    return out
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+class EventLog:
+    """This process's writer of the event log: buffers lifecycle events, appends them in batches.
+
+    Args:
+        redis: the process's client.
+        process: this process's id (the runner's consumer name: host, pid, a random suffix).
+        retention: how many of the newest events each pipeline's log keeps, at least.
+        capacity: events the buffer holds while Redis is slow or away (default: `retention`,
+            at least 1,000); past it the oldest are dropped.
+        interval: seconds events gather before a flush.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        process: str,
+        retention: int,
+        *,
+        capacity: int | None = None,
+        interval: float = FLUSH_INTERVAL,
+    ) -> None:
+        self.redis = redis
+        self.process = process
+        self.retention = retention
+        self.capacity = capacity or max(retention, 1000)
+        self.interval = interval
+        self.written = 0  # events appended to Redis
+        self.dropped = 0  # events lost to a full buffer
+        self._buffer: collections.deque[tuple[str, str]] = collections.deque()
+        self._append = redis.register_script(APPEND)
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._sinks: list[tuple[EventBus, Sink]] = []
+        self._warned_at = -WARN_EVERY
+        self._warned_dropped = 0
+
+    def attach(self, pipelines: Iterable[Pipeline]) -> None:
+        """Record the lifecycle events of `pipelines` from now on (buffered until `start`)."""
+        for pipeline in pipelines:
+            sink = self._sink(pipeline.name)
+            if pipeline.bus.attach(sink):
+                self._sinks.append((pipeline.bus, sink))
+            # else: another runner in this process records this pipeline's bus already.
+
+    def detach(self) -> None:
+        """Stop recording; what is buffered is still written by `close`."""
+        for bus, sink in self._sinks:
+            bus.detach(sink)
+        self._sinks.clear()
+
+    def _sink(self, pipeline: str) -> Sink:
+        seq = itertools.count(1)  # per process and pipeline: a reader sees lost events as gaps
+        buffer, wake, capacity, now = self._buffer, self._wake, self.capacity, time.time_ns
+
+        def record(pipeline: str, name: str, stage: str, data: dict[str, Any]) -> None:
+            try:
+                text = encode(name, stage, next(seq), now() // 1_000_000, data)
+            except Exception as exc:  # a value whose repr raises: the event is not worth a job
+                log.warning("event not recorded", event_name=name, error=repr(exc))
+                return
+            if len(buffer) >= capacity:
+                buffer.popleft()
+                self._dropped(1)
+            buffer.append((pipeline, text))
+            if not wake.is_set():
+                wake.set()
+
+        return record
+
+    def _dropped(self, count: int) -> None:
+        self.dropped += count
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            log.warning(
+                "event log buffer full: oldest events dropped (Redis slow or unreachable)",
+                dropped=self.dropped - self._warned_dropped,
+                capacity=self.capacity,
+            )
+            self._warned_at = now
+            self._warned_dropped = self.dropped
+
+    def start(self) -> None:
+        """Start the background task that appends buffered events."""
+        self._task = asyncio.create_task(self._run(), name="eventlog")
+
+    async def close(self, within: float = 2.0) -> None:
+        """Stop recording, write what is buffered (for at most `within` seconds), stop."""
+        self.detach()
+        self._closing = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._task, within)
+        except TimeoutError:
+            log.warning("event log not flushed at shutdown", events=len(self._buffer))
+
+    async def flush(self) -> None:
+        """Write what is buffered now (the background task does it on its own)."""
+        while self._buffer:
+            await self._flush()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._closing and len(self._buffer) < MAX_PER_ENTRY:
+                await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
+                log.warning("events not written; retrying", error=repr(exc), delay=delay)
+                if self._closing:
+                    return
+                await asyncio.sleep(delay)
+                self._wake.set()
+                continue
+            if self._closing:
+                return
+
+    async def _flush(self) -> None:
+        """Append one entry per pipeline of the oldest buffered events."""
+        buffer = self._buffer
+        by_pipeline: dict[str, list[str]] = {}
+        taken: list[tuple[str, str]] = []
+        size = 0
+        while buffer and len(taken) < MAX_PER_ENTRY and size < MAX_ENTRY:
+            item = buffer.popleft()
+            taken.append(item)
+            by_pipeline.setdefault(item[0], []).append(item[1])
+            size += len(item[1])
+        written: set[str] = set()
+        try:
+            for pipeline, texts in by_pipeline.items():
+                await self._append(
+                    keys=[stream_key(pipeline), index_key(pipeline)],
+                    args=[self.retention, self.process, len(texts), f"[{','.join(texts)}]"],
+                )
+                written.add(pipeline)
+                self.written += len(texts)
+        except BaseException:
+            # What was not written goes back to the front, in order (a call whose reply was
+            # lost may have gone through: its events are then written twice, same seq).
+            buffer.extendleft(reversed([item for item in taken if item[0] not in written]))
+            over = len(buffer) - self.capacity
+            if over > 0:
+                for _ in range(over):
+                    buffer.popleft()
+                self._dropped(over)
+            raise
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+_SINCE = re.compile(r"^(?P<entry>\d+(-\d+)?)(/(?P<index>\d+))?$")
+_LOCAL_ONLY = ("stream", "route")
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Raise `ConfigurationError` unless each name can match an event the log records."""
+    recorded = (*sorted(LIFECYCLE), "error:<stage>")
+    for name in names:
+        if name in ("*", "error", "job:*", "route:*", "error:*") or name in LIFECYCLE:
+            continue
+        if name.startswith("error:") and len(name) > 6 and "*" not in name:
+            continue
+        hint = (
+            f"{name!r} is delivered only in the process where it happens (listen with pipeline.on)"
+            if name in _LOCAL_ONLY or name.startswith("cron:")
+            else f"{name!r} is not an event name or pattern the event log records"
+        )
+        raise ConfigurationError(f"{hint}; give *, error, job:* or one of: {', '.join(recorded)}")
+
+
+def check_since(since: str) -> None:
+    """Raise `ConfigurationError` unless `since` is ``$``, ``0`` or an entry or event id."""
+    if since != "$" and not _SINCE.match(since):
+        raise ConfigurationError(
+            f"since must be $ (new events only), 0 (every event kept) or an event id like "
+            f"1764600000000-0/3, got {since!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recorded:
+    """One event of the event log, and which process recorded it, when.
+
+    Attributes:
+        id: ``<entry id>/<index>``; reading ``since=id`` goes on after this event.
+        process: the recording process's id (host, pid and a random suffix).
+        seq: the event's number in that process and pipeline; a gap means events were lost
+            (dropped by the writer, or trimmed before they were read).
+        time: when the event was emitted (epoch seconds, to the millisecond).
+        event: the event, its data as plain JSON values.
+    """
+
+    id: str
+    process: str
+    seq: int
+    time: float
+    event: Event
+
+
+def _entry(pipeline: str, entry: bytes | str, fields: dict[bytes, bytes]) -> list[Recorded]:
+    """The events of one stream entry."""
+    entry_id = _decoded(entry)
+    process = fields[b"process"].decode()
+    return [
+        Recorded(
+            f"{entry_id}/{i}",
+            process,
+            raw["seq"],
+            raw["time"] / 1000,
+            Event(raw["name"], raw["stage"], pipeline, raw.get("data") or {}),
+        )
+        for i, raw in enumerate(json.loads(fields[b"events"]))
+    ]
+
+
+def _decoded(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _wanted(names: Sequence[str]) -> Callable[[str], bool]:
+    if not names or "*" in names:
+        return lambda name: True
+    return lambda name: any(matches(pattern, name) for pattern in names)
+
+
+def _order(event_id: str) -> tuple[int, int, int]:
+    entry, _, index = event_id.partition("/")
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0), int(index or 0)
+
+
+async def _last(
+    redis: Redis, pipelines: Sequence[str], wanted: Callable[[str], bool], count: int
+) -> list[Recorded]:
+    """The last `count` wanted events of `pipelines`, oldest first (pages back through each)."""
+    found: list[Recorded] = []
+    for pipeline in pipelines:
+        mine: list[Recorded] = []
+        end = "+"
+        while len(mine) < count:
+            page: Any = await redis.xrevrange(stream_key(pipeline), max=end, count=50)
+            for entry, fields in page:
+                mine += reversed(
+                    [r for r in _entry(pipeline, entry, fields) if wanted(r.event.name)]
+                )
+            if len(page) < 50:
+                break
+            end = "(" + _decoded(page[-1][0])  # exclusive: that entry is read
+        found += mine[:count]
+    found.sort(key=lambda r: _order(r.id))
+    return found[-count:]
+
+
+async def tail(
+    redis: Redis,
+    pipelines: Sequence[str],
+    names: Sequence[str] = (),
+    *,
+    since: str = "$",
+    last: int | None = None,
+    block_ms: int = BLOCK_MS,
+) -> AsyncIterator[Recorded]:
+    """Follow the event log of `pipelines`, yielding the events `names` match, forever.
+
+    Args:
+        names: patterns as the bus reads them (``job:failed``, ``job:*``, ``error``, ``*``);
+            none means every event.
+        since: ``$`` for events recorded from now on, ``0`` for every event still kept, or an
+            event id (``<entry>/<index>``; an entry id alone: after its last event).
+        last: first the last `last` matching events, then new ones (`since` is ignored).
+
+    Raises:
+        ConfigurationError: a name is not one the log records, or `since` is not an id.
+    """
+    check_names(names)
+    check_since(since)
+    wanted = _wanted(names)
+    keys = {stream_key(p): p for p in pipelines}
+    cursor: dict[str, str] = {}
+    if last is not None:
+        for rec in await _last(redis, pipelines, wanted, last):
+            yield rec
+        since = "$"
+    start = _SINCE.match(since)
+    for key, pipeline in keys.items():
+        if start is None:
+            # The newest entry now, not "$": a later XREAD with "$" would miss what arrived
+            # between two reads.
+            newest: Any = await redis.xrevrange(key, count=1)
+            cursor[key] = _decoded(newest[0][0]) if newest else "0-0"
+            continue
+        cursor[key] = start["entry"]
+        if start["index"] is not None:  # the rest of that entry first
+            rows: Any = await redis.xrange(key, min=start["entry"], max=start["entry"])
+            for entry, fields in rows:
+                for rec in _entry(pipeline, entry, fields)[int(start["index"]) + 1 :]:
+                    if wanted(rec.event.name):
+                        yield rec
+    failures = 0
+    while True:
+        try:
+            reply: Any = await redis.xread(cursor, count=100, block=block_ms)  # type: ignore[arg-type]
+            failures = 0
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            failures += 1
+            delay = min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
+            log.warning("reading events failed; retrying", error=repr(exc), delay=round(delay, 2))
+            await asyncio.sleep(delay)
+            continue
+        for raw_key, entries in reply or ():
+            key = _decoded(raw_key)
+            for entry, fields in entries:
+                cursor[key] = _decoded(entry)
+                for rec in _entry(keys[key], entry, fields):
+                    if wanted(rec.event.name):
+                        yield rec
+
+
+async def listen(
+    pipeline: Pipeline | str,
+    *names: str,
+    settings: Settings | None = None,
+    redis_url: str | None = None,
+    since: str = "$",
+) -> AsyncIterator[Event]:
+    """Yield the lifecycle events of `pipeline` from every process, as they are recorded.
+
+        async for event in flowline.listen(pipeline, "job:failed"):
+            print(event.job["id"], event.error["message"])
+
+    The events are those a local listener receives (``job:*``, ``dead-letter``,
+    ``route:complete``, ``cron``, ``error:<stage>``), rebuilt from the pipeline's event log in
+    Redis, with one difference: their data are plain JSON values. A job is a dict (``id``,
+    ``topic``, ``attempt``, ``queue``, ``data``), an error ``{"type", "message"}``, a cron
+    tick ``{"topic", "scheduled"}``, and anything else JSON cannot hold its repr. Best effort:
+    see the README's "Events from every process" for what is promised.
+
+    Exiting the loop closes the connection (at once with ``contextlib.aclosing``, otherwise
+    when the generator is collected). While Redis is away it waits and resumes where it was.
+
+    Args:
+        pipeline: the pipeline, or its name.
+        names: patterns as for `pipeline.on` (``job:failed``, ``job:*``, ``error``, ``*``);
+            none means every event.
+        settings: where Redis is (default: `Settings.from_env()`; `redis_url` overrides it).
+        since: ``$`` for events from now on, ``0`` for every event still kept, or an event id.
+
+    Raises:
+        ConfigurationError: a name the log does not record, a bad `since`, or Redis
+            unreachable at the start.
+    """
+    # The runner imports this module (for the writer): its connect is imported when needed.
+    from .runner import connect_redis
+
+    check_names(names)
+    check_since(since)
+    name = pipeline if isinstance(pipeline, str) else pipeline.name
+    if settings is None:
+        settings = Settings.from_env(redis_url=redis_url)
+    elif redis_url is not None:
+        settings = dataclasses.replace(settings, redis_url=redis_url)
+    redis = await connect_redis(settings, max_connections=2)
+    try:
+        async for rec in tail(redis, [name], names, since=since):
+            yield rec.event
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
