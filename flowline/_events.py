@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,13 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger("flowline.events")
+_now = time.time_ns
 
 Listener = Callable[["Event"], Awaitable[None] | None]
-# Called as sink(pipeline, name, stage, data) for every lifecycle event; must not raise.
-Sink = Callable[[str, str, str, dict[str, Any]], None]
+# A lifecycle event as a sink receives it: (pipeline, name, stage, seq, time ns, data), seq
+# counting the bus's recorded events from 1. The sink must not raise; `deque.append` is one.
+RawEvent = tuple[str, str, str, int, int, dict[str, Any]]
+Sink = Callable[[RawEvent], None]
 
 # What happened to a job, a message's jobs or a cron tick: what the event log records of every
 # process, with every ``error:<stage>``. Not ``stream`` and ``route`` (one per message, carrying
@@ -95,6 +99,7 @@ class EventBus:
         self._tasks: set[asyncio.Task[None]] = set()
         self._families = 0  # how many ``<family>:*`` names have listeners: 0 skips the lookup
         self.sink: Sink | None = None
+        self.recorded = 0  # lifecycle events handed to a sink so far
 
     def attach(self, sink: Sink) -> bool:
         """Hand every lifecycle event to `sink` from now on; False if another is attached."""
@@ -161,7 +166,9 @@ class EventBus:
         ``<family>:*``, to ``*``, and a lifecycle event to the sink."""
         sink = self.sink
         if sink is not None and (name in LIFECYCLE or name.startswith("error:")):
-            sink(self.pipeline, name, stage, data)
+            # The sink only keeps the tuple: what it costs to encode is paid off the hot path.
+            self.recorded += 1
+            sink((self.pipeline, name, stage, self.recorded, _now(), data))
         if not self._listeners or not self._heard(name):
             return
         event = Event(name, stage, self.pipeline, data)

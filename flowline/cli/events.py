@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -63,18 +62,9 @@ def events(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        follow = asyncio.create_task(
-            _print(redis, [p.name for p in pipelines], names, since, last, as_json)
-        )
-        stopping = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({follow, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follow  # re-raises what ended it, when it ended by itself
+            await _print(redis, [p.name for p in pipelines], names, since, last, as_json, stop)
         finally:
-            follow.cancel()
-            stopping.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             await redis.aclose()
@@ -89,8 +79,9 @@ async def _print(
     since: str | None,
     last: int | None,
     as_json: bool,
+    stop: asyncio.Event,
 ) -> None:
-    records = eventlog.tail(redis, pipelines, names, since=since or "$", last=last)
+    records = eventlog.tail(redis, pipelines, names, since=since or "$", last=last, stop=stop)
     try:
         async for rec in records:
             print(_json(rec) if as_json else line(rec), flush=True)

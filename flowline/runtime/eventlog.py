@@ -6,19 +6,24 @@
     flowline:{events:<pipeline>}:index   list of "<entry id> <events so far>", oldest first:
                                          lets the append script trim by events, not entries
 
-Writing: the runner attaches an `EventLog` to each pipeline's bus, which hands it every
-lifecycle event (`flowline._events.LIFECYCLE`, ``error:<stage>``) as it is emitted, listened
-to or not. The log encodes the event at once (later changes to a job's data do not show) and
-buffers it; a background task appends what gathered every few milliseconds as one entry per
-pipeline, in one script call: one round trip and one XADD per flush, never one per event. A
-full buffer (Redis slow or away) drops its oldest events, counted and warned about once a
-minute. The stream keeps the newest `retention` events at least, and at most one entry more.
+Writing: the runner attaches an `EventLog` to each pipeline's bus, which appends every
+lifecycle event (`flowline._events.LIFECYCLE`, ``error:<stage>``) to the log's buffer as it is
+emitted, listened to or not: a tuple and a C call, nothing more on the hot path. A background
+task takes what gathered every few milliseconds, encodes it and appends it as one entry per
+pipeline, in one script call: one round trip and one XADD per flush, never one per event.
+Encoding then rather than at the emit keeps its cost out of the handlers' way; the price is
+that a handler which changes ``job.data`` in place within those milliseconds may show the
+change in its ``job:start`` (as it would to an async local listener). A full buffer (Redis
+slow or away) drops its oldest events, counted by the gaps they leave in the per-process
+``seq`` and warned about once a minute. The stream keeps the newest `retention` events at
+least, and at most one entry more.
 
 Why a batch per entry: an XADD per event cost Redis about 2.5 us per event in the benchmark (a
 scripted XADD and its AOF record), which alone took about a tenth of the worker's throughput;
-one entry per flush costs it a fraction of that. Why not inside the completion script: that
-script touches only the keys of one queue (one Redis Cluster slot), while a pipeline's log
-gathers its queues, its stream side and its cron in one key, so that a reader needs one XREAD.
+one entry per flush costs it about 1 us per event, mostly copying bytes. Why not inside the
+completion script: that script touches only the keys of one queue (one Redis Cluster slot),
+while a pipeline's log gathers its queues, its stream side and its cron in one key, so that a
+reader needs one XREAD.
 
 Reading: `tail` (``flowline events``) and `listen` follow the streams with XREAD BLOCK. An
 event's id is ``<entry id>/<index in the entry>``.
@@ -30,7 +35,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import itertools
 import json
 import random
 import re
@@ -50,7 +54,7 @@ from ..errors import ConfigurationError
 from .job import JobContext
 
 if TYPE_CHECKING:
-    from .._events import EventBus, Sink
+    from .._events import EventBus, RawEvent, Sink
     from .._pipeline import Pipeline
 
 log = structlog.get_logger("flowline.eventlog")
@@ -60,6 +64,7 @@ MAX_PER_ENTRY = 1000  # events per entry
 MAX_ENTRY = 1 << 20  # bytes of JSON per entry (more events wait for the next)
 MAX_EVENT = 16 * 1024  # bytes of JSON per event; larger values are replaced by a note
 WARN_EVERY = 60.0  # seconds between two warnings about dropped events
+IDLE_WAIT = 0.1  # the longest a new event waits for its flush after a quiet spell
 BLOCK_MS = 1000  # how long one XREAD waits for new entries
 
 # KEYS: a pipeline's event stream, its index. ARGV: retention, process id, number of events,
@@ -207,7 +212,8 @@ class EventLog:
         retention: how many of the newest events each pipeline's log keeps, at least.
         capacity: events the buffer holds while Redis is slow or away (default: `retention`,
             at least 1,000); past it the oldest are dropped.
-        interval: seconds events gather before a flush.
+        interval: seconds events gather before a flush (doubling, up to `IDLE_WAIT`, while
+            there are none).
     """
 
     def __init__(
@@ -226,47 +232,33 @@ class EventLog:
         self.interval = interval
         self.written = 0  # events appended to Redis
         self.dropped = 0  # events lost to a full buffer
-        self._buffer: collections.deque[tuple[str, str]] = collections.deque()
+        # The bus appends to it directly (C, no frame of ours per event); a full deque drops
+        # its oldest itself, and the gap this leaves in the seq numbers counts the drops.
+        self._buffer: collections.deque[RawEvent] = collections.deque(maxlen=self.capacity)
+        self._sink: Sink = self._buffer.append
+        self._last: dict[str, int] = {}  # per pipeline: the seq of the last event taken
         self._append = redis.register_script(APPEND)
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._sinks: list[tuple[EventBus, Sink]] = []
+        self._buses: list[EventBus] = []
         self._warned_at = -WARN_EVERY
         self._warned_dropped = 0
 
     def attach(self, pipelines: Iterable[Pipeline]) -> None:
         """Record the lifecycle events of `pipelines` from now on (buffered until `start`)."""
         for pipeline in pipelines:
-            sink = self._sink(pipeline.name)
-            if pipeline.bus.attach(sink):
-                self._sinks.append((pipeline.bus, sink))
+            bus = pipeline.bus
+            if bus.attach(self._sink):
+                self._last[pipeline.name] = bus.recorded
+                self._buses.append(bus)
             # else: another runner in this process records this pipeline's bus already.
 
     def detach(self) -> None:
         """Stop recording; what is buffered is still written by `close`."""
-        for bus, sink in self._sinks:
-            bus.detach(sink)
-        self._sinks.clear()
-
-    def _sink(self, pipeline: str) -> Sink:
-        seq = itertools.count(1)  # per process and pipeline: a reader sees lost events as gaps
-        buffer, wake, capacity, now = self._buffer, self._wake, self.capacity, time.time_ns
-
-        def record(pipeline: str, name: str, stage: str, data: dict[str, Any]) -> None:
-            try:
-                text = encode(name, stage, next(seq), now() // 1_000_000, data)
-            except Exception as exc:  # a value whose repr raises: the event is not worth a job
-                log.warning("event not recorded", event_name=name, error=repr(exc))
-                return
-            if len(buffer) >= capacity:
-                buffer.popleft()
-                self._dropped(1)
-            buffer.append((pipeline, text))
-            if not wake.is_set():
-                wake.set()
-
-        return record
+        for bus in self._buses:
+            bus.detach(self._sink)
+        self._buses.clear()
 
     def _dropped(self, count: int) -> None:
         self.dropped += count
@@ -302,12 +294,17 @@ class EventLog:
             await self._flush()
 
     async def _run(self) -> None:
-        failures = 0
+        # Polls instead of being woken per event: waking would cost the hot path a call.
+        wait, failures = self.interval, 0
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._closing and len(self._buffer) < MAX_PER_ENTRY:
-                await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            if not self._buffer:
+                if self._closing:
+                    return
+                wait = min(IDLE_WAIT, wait * 2)
+                continue
+            wait = self.interval
             try:
                 await self.flush()
                 failures = 0
@@ -317,23 +314,30 @@ class EventLog:
                 log.warning("events not written; retrying", error=repr(exc), delay=delay)
                 if self._closing:
                     return
-                await asyncio.sleep(delay)
-                self._wake.set()
-                continue
-            if self._closing:
+                wait = delay
+            if self._closing and not self._buffer:
                 return
 
     async def _flush(self) -> None:
         """Append one entry per pipeline of the oldest buffered events."""
-        buffer = self._buffer
+        buffer, last = self._buffer, self._last
         by_pipeline: dict[str, list[str]] = {}
-        taken: list[tuple[str, str]] = []
-        size = 0
+        taken: list[RawEvent] = []
+        size = lost = 0
         while buffer and len(taken) < MAX_PER_ENTRY and size < MAX_ENTRY:
             item = buffer.popleft()
+            pipeline, name, stage, seq, at_ns, data = item
+            lost += seq - last.get(pipeline, seq - 1) - 1
+            last[pipeline] = seq
+            try:
+                text = encode(name, stage, seq, at_ns // 1_000_000, data)
+            except Exception as exc:  # a value whose repr raises: note it rather than lose it
+                text = encode(name, stage, seq, at_ns // 1_000_000, {"unrecorded": repr(exc)})
             taken.append(item)
-            by_pipeline.setdefault(item[0], []).append(item[1])
-            size += len(item[1])
+            by_pipeline.setdefault(pipeline, []).append(text)
+            size += len(text)
+        if lost > 0:
+            self._dropped(lost)
         written: set[str] = set()
         try:
             for pipeline, texts in by_pipeline.items():
@@ -346,12 +350,13 @@ class EventLog:
         except BaseException:
             # What was not written goes back to the front, in order (a call whose reply was
             # lost may have gone through: its events are then written twice, same seq).
-            buffer.extendleft(reversed([item for item in taken if item[0] not in written]))
-            over = len(buffer) - self.capacity
-            if over > 0:
-                for _ in range(over):
-                    buffer.popleft()
-                self._dropped(over)
+            unsent = [item for item in taken if item[0] not in written]
+            for pipeline in {item[0] for item in unsent}:
+                last[pipeline] = min(item[3] for item in unsent if item[0] == pipeline) - 1
+            room = self.capacity - len(buffer)
+            if len(unsent) > room:  # the oldest give way; the seq gap counts them later
+                unsent = unsent[len(unsent) - room :]
+            buffer.extendleft(reversed(unsent))
             raise
 
 
@@ -468,6 +473,7 @@ async def tail(
     since: str = "$",
     last: int | None = None,
     block_ms: int = BLOCK_MS,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Recorded]:
     """Follow the event log of `pipelines`, yielding the events `names` match, forever.
 
@@ -477,6 +483,8 @@ async def tail(
         since: ``$`` for events recorded from now on, ``0`` for every event still kept, or an
             event id (``<entry>/<index>``; an entry id alone: after its last event).
         last: first the last `last` matching events, then new ones (`since` is ignored).
+        stop: ends the iteration within `block_ms` once set (no cancellation needed: redis-py
+            can swallow a CancelledError that lands mid-command).
 
     Raises:
         ConfigurationError: a name is not one the log records, or `since` is not an id.
@@ -506,7 +514,7 @@ async def tail(
                     if wanted(rec.event.name):
                         yield rec
     failures = 0
-    while True:
+    while stop is None or not stop.is_set():
         try:
             reply: Any = await redis.xread(cursor, count=100, block=block_ms)  # type: ignore[arg-type]
             failures = 0
