@@ -31,7 +31,7 @@ from flowline.dashboard.diagram import layout
 from flowline.dashboard.security import CSRF_COOKIE
 from flowline.errors import ConfigurationError
 from flowline.runtime.deadletters import job_record
-from flowline.runtime.keys import QueueKeys
+from flowline.runtime.keys import QueueKeys, stream_dead_letters
 from flowline.servers import LocalServers
 
 from . import browser as _browser
@@ -445,6 +445,26 @@ class TestHttp:
         assert lookup.headers["location"] == "/jobs/recorder:1:0"
 
 
+async def test_stops_at_once_with_a_feed_open(dashboard: Any) -> None:
+    """SIGTERM ends an open events stream and the process at once, with exit status 0."""
+    dash = await dashboard()
+    parts = urlsplit(dash.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.request("GET", "/events/stream")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.readline() == b"event: ready\n"
+        started = time.monotonic()
+        dash.proc.terminate()
+        assert await asyncio.to_thread(dash.proc.wait, 10) == 0
+        assert time.monotonic() - started < 3
+    finally:
+        conn.close()
+    assert "Traceback" not in dash.output()
+
+
 @pytest.fixture(scope="module")
 def secret_servers() -> Iterator[LocalServers]:
     with LocalServers(
@@ -579,7 +599,9 @@ async def test_replay_click_runs_the_dead_letter_to_completion(
         js, {"topic": "record", "data": {"sleep": 0.6}}, {"topic": "record", "data": {"sleep": 0.6}}
     )
     from_list, from_page = f"recorder:{seq}:0", f"recorder:{seq}:1"
+    await js.publish("recorder", b"not json")  # and a message nobody can decode
     await eventually(lambda: _xlen_is(redis, Q.dead, 2))
+    await eventually(lambda: redis.xlen(stream_dead_letters(PIPELINE).dead))
     broken.signal(15)
     await broken.wait()
     fixed = worker(APP, env={"FLOWLINE_TEST_RETRIES": "0"})  # the default 30 s timeout
@@ -590,6 +612,7 @@ async def test_replay_click_runs_the_dead_letter_to_completion(
     b.open("/dead-letters")
     row = b.find(f'tr[data-job="{from_list}"]')
     assert "ran past its 0.3s timeout" in row.text
+    assert "DecodeError" in b.text('tr[data-job=""]')
     assert b.console_errors() == []
     b.screenshot("dead-letters")
     row.find_element("css selector", '[data-action="replay-one"]').click()
@@ -613,6 +636,39 @@ async def test_replay_click_runs_the_dead_letter_to_completion(
     assert b.driver.current_url.endswith(f"/jobs/{from_page}")
     assert await _completed(redis, from_page)
     assert b.console_errors() == []
+
+
+async def test_replaying_a_stream_message_republishes_it(
+    dashboard: Any, worker: Any, js: Any, redis: Any
+) -> None:
+    """A message the router refused goes back to its stream when replayed (NATS on demand)."""
+    proc = worker(APP, env={"FLOWLINE_TEST_MAX_DELIVER": "1"})
+    await proc.ready()
+    await js.publish("recorder", json.dumps({"raise": "not today"}).encode())
+    store = stream_dead_letters(PIPELINE).dead
+    await eventually(lambda: redis.xlen(store))
+    dash = await dashboard("--auth", f"{USER}:{PASSWORD}")
+    page = request(dash.url, "/dead-letters")
+    assert "not today" in page.body
+    cookie = page.cookie(CSRF_COOKIE)
+    assert cookie
+    done = request(
+        dash.url, "/dead-letters/replay", method="POST",
+        form={"all": "1", "csrf": cookie}, headers={"Cookie": f"{CSRF_COOKIE}={cookie}"},
+    )  # fmt: skip
+    assert done.status == 303
+    assert "replayed=1" in done.headers["location"]
+    # Republished as message 2, refused again by the router: a new dead letter of it.
+    info = await js.stream_info("recorder")
+    assert info.state.last_seq == 2
+    letters = await eventually(lambda: _letters_of_sequence(redis, store, 2))
+    assert letters[0]["stage"] == "route"
+
+
+async def _letters_of_sequence(redis: Any, store: str, seq: int) -> list[dict[str, Any]]:
+    entries = await redis.xrange(store)
+    records = [json.loads(fields[b"record"]) for _, fields in entries]
+    return [r for r in records if r.get("sequence") == seq]
 
 
 async def test_purge_several_then_all(dashboard: Any, redis: Any, browser: Any) -> None:
@@ -676,3 +732,72 @@ async def test_overview_of_several_pipelines(
     assert b.find_all("[data-cron-fired]")
     assert b.console_errors() == []
     b.screenshot("overview-fanbase")
+
+
+async def test_event_feed_from_every_process(
+    dashboard: Any, worker: Any, js: Any, redis: Any, browser: Any
+) -> None:
+    """Events recorded by two worker processes stream in live, newest on top; filters narrow."""
+    dash = await dashboard("--auth", f"{USER}:{PASSWORD}")
+    b = browser(dash.url)
+    b.open("/events")
+    b.until(lambda: b.text("[data-feed-state]") == "live", what="the stream open")
+    first = worker(APP)
+    await first.ready()
+    seq = await publish(js, {"topic": "record"}, {"topic": "record"})
+    b.until(lambda: len(b.find_all('tr[data-event="job:complete"]')) == 2, what="2 completions")
+    first.signal(15)
+    await first.wait()
+    second = worker(APP, env={"FLOWLINE_TEST_RETRIES": "0"})
+    await second.ready()
+    boom = await publish(js, {"topic": "boom"})
+    b.until(lambda: b.find_all(f'tr[data-event="dead-letter"][data-job="recorder:{boom}:0"]'))
+    rows = b.find_all("tbody#feed tr")
+    assert rows[0].get_attribute("data-event") == "dead-letter"  # the newest is on top
+    processes = {r.find_elements("css selector", "td")[-1].text for r in rows}
+    assert len(processes) == 2, processes
+    assert "ValueError: boom" in b.text(
+        f'tr[data-event="job:failed"][data-job="recorder:{boom}:0"]'
+    )
+    assert b.console_errors() == []
+    b.screenshot("events")
+
+    b.open("/events?names=job:complete")
+    b.until(lambda: len(b.find_all("tbody#feed tr")) == 2, what="the 2 completions, from the log")
+    assert {r.get_attribute("data-job") for r in b.find_all("tbody#feed tr")} == {
+        f"recorder:{seq}:0",
+        f"recorder:{seq}:1",
+    }
+    b.find(f'tr[data-job="recorder:{seq}:1"] a').click()
+    b.until(lambda: b.text("[data-job-state]") == "completed", what="the job's page")
+    b.open("/events?names=no-such-event")
+    assert "not started" in b.text("[data-feed-state]")
+    assert "no-such-event" in b.text(".flash")
+    assert b.console_errors() == []
+    stream = request(dash.url, "/events/stream?names=no-such-event")
+    assert stream.status == 400
+    # A reconnecting browser sends the last id it got and the feed goes on after it; an id
+    # that is none of ours starts it afresh, with the latest events.
+    ids = await asyncio.to_thread(sse_ids, dash.url, 7)
+    assert await asyncio.to_thread(sse_ids, dash.url, 6, ids[0]) == ids[1:]
+    assert await asyncio.to_thread(sse_ids, dash.url, 7, "bogus") == ids
+
+
+def sse_ids(url: str, n: int, last_id: str | None = None) -> list[str]:
+    """The ids of the first `n` events the dashboard's feed sends."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+    if last_id is not None:
+        headers["Last-Event-ID"] = last_id
+    try:
+        conn.request("GET", "/events/stream", headers=headers)
+        response = conn.getresponse()
+        ids: list[str] = []
+        while len(ids) < n:
+            line = response.readline().decode()
+            if line.startswith("id: "):
+                ids.append(line[4:].strip())
+        return ids
+    finally:
+        conn.close()

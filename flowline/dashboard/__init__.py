@@ -3,8 +3,9 @@
 Server-rendered pages (Starlette and Jinja templates) with htmx, vendored in ``static/``, for
 the live parts: nothing is built and nothing comes from a CDN, so it works offline.
 
-- `app`: the pages, fragments and actions; `diagram`: the pipeline drawn as SVG;
-  `security`: authentication, CSRF and the Host check; `server`: binding and serving.
+- `app`: the pages, fragments and actions; `diagram`: the pipeline drawn as SVG; `feed`: the
+  live events of every process (Server-Sent Events from the event log); `security`:
+  authentication, CSRF and the Host check; `server`: binding and serving.
 """
 
 from .app import Dashboard, create_app

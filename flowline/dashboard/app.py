@@ -1,9 +1,10 @@
 """The dashboard's pages: a Starlette app rendering Jinja templates, refreshed by htmx polling.
 
 Every page is complete HTML as served; the live parts are fragments (``/fragments/...``) that
-htmx fetches again every second and swaps in. Reads come from the runtime's own doors: the
-status document (`StatusReader`), the dead-letter store, queue handles. Actions are POSTs of
-plain HTML forms (they work without JavaScript), checked by `security.guard`.
+htmx fetches again every second and swaps in; the events page streams (`feed`). Reads come
+from the runtime's own doors: the status document (`StatusReader`), `runtime.jobs`, the
+dead-letter store, the event log. Actions are POSTs of plain HTML forms (they work without
+JavaScript), checked by `security.guard`.
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ import structlog
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._settings import redact
-from ..runtime import deadletters, jobs
+from ..errors import ConfigurationError
+from ..runtime import deadletters, eventlog, jobs
 from ..runtime.jobs import JobInfo
 from ..runtime.keys import QueueKeys
 from ..runtime.registry import version
-from . import diagram
+from . import diagram, feed
 from .security import CSRF_FIELD, Auth, Csrf, form, guard, token_for
 
 if TYPE_CHECKING:
@@ -105,6 +113,7 @@ class Dashboard:
         # Shown in the footer, with any password or token replaced by ***.
         self.servers = {"redis": redact(settings.redis_url), "nats": redact(settings.nats_url)}
         self.templates = environment()
+        self.closing = asyncio.Event()  # set when the server stops: open feeds end
 
     # -- rendering ------------------------------------------------------------------------------
 
@@ -176,7 +185,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(when=_when, ago=_ago, n=_number, g=_general, pretty=_pretty)
+    env.filters.update(when=_when, ago=_ago, clock=_clock, n=_number, g=_general, pretty=_pretty)
     return env
 
 
@@ -290,8 +299,47 @@ def create_app(dashboard: Dashboard, csrf: Csrf | None = None) -> Any:
                 return RedirectResponse(f"{_root(request)}/jobs/{job_id}", 303)
         return RedirectResponse(f"{_root(request)}/dead-letters?{urlencode(params)}", 303)
 
+    def feed_filter(request: Request) -> tuple[str | None, list[str], str | None]:
+        only = request.query_params.get("pipeline") or None
+        patterns = feed.names(request.query_params.get("names", ""))
+        problem = None
+        if only is not None and only not in d.pipelines:
+            problem = f"no pipeline named {only!r}"
+        else:
+            try:
+                eventlog.check_names(patterns)
+            except ConfigurationError as exc:
+                problem = str(exc)
+        return only, patterns, problem
+
     async def events(request: Request) -> Response:
-        return d.render(request, "events.html")
+        only, patterns, problem = feed_filter(request)
+        query = urlencode({"pipeline": only or "", "names": " ".join(patterns)})
+        return d.render(
+            request,
+            "events.html",
+            only=only,
+            patterns=patterns,
+            problem=problem,
+            query=query,
+            backlog=feed.BACKLOG,
+        )
+
+    async def events_stream(request: Request) -> Response:
+        only, patterns, problem = feed_filter(request)
+        if problem is not None:
+            return PlainTextResponse(problem, 400)
+        assert d.runner.redis is not None
+        body = feed.stream(
+            d.runner.redis,
+            [only] if only else list(d.pipelines),
+            patterns,
+            d.templates.get_template("_event_row.html"),
+            _resume_from(request.headers.get("last-event-id")),
+            d.closing,
+            base=_root(request),
+        )
+        return StreamingResponse(body, media_type="text/event-stream")
 
     async def failed(request: Request, exc: Exception) -> Response:
         # A server that stopped answering mid-request (reads of the status document never
@@ -316,6 +364,7 @@ def create_app(dashboard: Dashboard, csrf: Csrf | None = None) -> Any:
             Route("/dead-letters", dead_letters, methods=["GET"]),
             Route("/dead-letters/{action:str}", act, methods=["POST"]),
             Route("/events", events, methods=["GET"]),
+            Route("/events/stream", events_stream, methods=["GET"]),
             Route("/favicon.ico", favicon, methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
@@ -336,6 +385,17 @@ async def _job_context(d: Dashboard, job_id: str) -> dict[str, Any]:
         "letter_store": QueueKeys(info.queue or "").dead,
         "final": info.state in FINAL_STATES,
     }
+
+
+def _resume_from(last_event_id: str | None) -> str | None:
+    """Where a reconnecting feed goes on: the id its browser last got, if it is one."""
+    if not last_event_id:
+        return None
+    try:
+        eventlog.check_since(last_event_id)
+    except ConfigurationError:
+        return None  # not ours (or mangled): start again with the latest events
+    return last_event_id
 
 
 def _not_found(d: Dashboard, request: Request, message: str) -> Response:
@@ -361,6 +421,11 @@ def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _clock(ts: float) -> str:
+    """The time of day (UTC) to the millisecond: the feed's rows are a few ms apart."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _ago(ts: float | None, now: float | None = None) -> str:

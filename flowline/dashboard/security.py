@@ -155,7 +155,8 @@ def guard(app: ASGIApp, auth: Auth | None, csrf: Csrf) -> ASGIApp:
         cookie = request.cookies.get(CSRF_COOKIE)
         fresh = None if csrf.valid(cookie) else csrf.new()
         scope["flowline.csrf"] = fresh or cookie
-        await app(scope, receive, _add_headers(send, fresh))
+        path = str(scope["path"]).removeprefix(str(scope.get("root_path", "")))
+        await app(scope, receive, _add_headers(send, fresh, path))
 
     return asgi
 
@@ -204,13 +205,17 @@ def _csrf_refusal(request: Request, fields: dict[str, list[str]], csrf: Csrf) ->
     return None
 
 
-def _add_headers(send: Send, fresh_csrf: str | None) -> Send:
+def _add_headers(send: Send, fresh_csrf: str | None, path: str = "") -> Send:
+    # Pages hold live figures and CSRF tokens: never stored. Static files are revalidated
+    # (their ETag), so an upgraded dashboard serves its new scripts at once.
+    cache = "no-cache" if path.startswith("/static/") else "no-store"
+
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = MutableHeaders(scope=message)
             for name, value in HEADERS.items():
                 headers.setdefault(name, value)
-            headers.setdefault("cache-control", "no-store")
+            headers.setdefault("cache-control", cache)
             if fresh_csrf is not None:
                 headers.append(
                     "set-cookie",

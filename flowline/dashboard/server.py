@@ -73,7 +73,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     try:
         async with connect(pipelines, settings) as runner, StatusReader(pipelines, settings) as st:
-            endpoint.app = create_app(Dashboard(pipelines, runner, st, settings, auth))
+            dashboard = Dashboard(pipelines, runner, st, settings, auth)
+            endpoint.app = create_app(dashboard)
             await endpoint.start()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
@@ -84,6 +85,7 @@ async def serve(
             finally:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+                dashboard.closing.set()  # the events feeds end, so stopping waits for none
                 await endpoint.stop()
     finally:
         await endpoint.stop()  # closes the bound socket when connecting failed

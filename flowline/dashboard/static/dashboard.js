@@ -17,3 +17,24 @@ document.addEventListener("change", (event) => {
     box.checked = all.checked;
   }
 });
+
+// The events page: a Server-Sent Events stream of server-rendered rows, newest on top.
+// EventSource reconnects by itself and resumes after the last event it got (Last-Event-ID).
+const feed = document.querySelector("[data-feed]");
+if (feed) {
+  const state = document.querySelector("[data-feed-state]");
+  const show = (text, kind) => {
+    state.textContent = text;
+    state.className = `badge ${kind}`;
+  };
+  const source = new EventSource(feed.dataset.feed);
+  source.addEventListener("ready", () => show("live", "ok"));
+  source.addEventListener("error", () => show("reconnecting", "warn"));
+  source.addEventListener("row", (event) => {
+    feed.insertAdjacentHTML("afterbegin", event.data);
+    document.querySelector("[data-feed-empty]")?.remove();
+    while (feed.rows.length > 500) feed.deleteRow(-1);
+  });
+  // Closed before the page goes, so leaving it is no connection error.
+  window.addEventListener("pagehide", () => source.close());
+}
