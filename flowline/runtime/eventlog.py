@@ -64,6 +64,7 @@ MAX_PER_ENTRY = 1000  # events per entry
 MAX_ENTRY = 1 << 20  # bytes of JSON per entry (more events wait for the next)
 MAX_EVENT = 16 * 1024  # bytes of JSON per event; larger values are replaced by a note
 WARN_EVERY = 60.0  # seconds between two warnings about dropped events
+YIELD_EVERY = 50  # events encoded between two turns of the event loop
 IDLE_WAIT = 0.1  # the longest a new event waits for its flush after a quiet spell
 BLOCK_MS = 1000  # how long one XREAD waits for new entries
 
@@ -336,6 +337,8 @@ class EventLog:
             taken.append(item)
             by_pipeline.setdefault(pipeline, []).append(text)
             size += len(text)
+            if len(taken) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let handlers and reads run between slices of encoding
         if lost > 0:
             self._dropped(lost)
         written: set[str] = set()
