@@ -94,29 +94,18 @@ class Settings:
             "tls_ca": os.environ.get("FLOWLINE_TLS_CA"),
             "http_host": os.environ.get("FLOWLINE_HTTP_HOST", "127.0.0.1"),
         }
-        for name, key in (("FLOWLINE_HEARTBEAT", "heartbeat"),):
+        numbers: tuple[tuple[str, str, type[int] | type[float], str], ...] = (
+            ("FLOWLINE_HEARTBEAT", "heartbeat", float, "a number"),
+            ("FLOWLINE_HTTP_PORT", "http_port", int, "a port number"),
+            ("FLOWLINE_EVENTS_RETENTION", "events_retention", int, "a number of events"),
+        )
+        for name, key, cast, what in numbers:
             raw = os.environ.get(name, "").strip()
             if raw:
                 try:
-                    values[key] = float(raw)
+                    values[key] = cast(raw)
                 except ValueError:
-                    raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-        port = os.environ.get("FLOWLINE_HTTP_PORT", "").strip()
-        if port:
-            try:
-                values["http_port"] = int(port)
-            except ValueError:
-                raise ConfigurationError(
-                    f"FLOWLINE_HTTP_PORT must be a port number, got {port!r}"
-                ) from None
-        retention = os.environ.get("FLOWLINE_EVENTS_RETENTION", "").strip()
-        if retention:
-            try:
-                values["events_retention"] = int(retention)
-            except ValueError:
-                raise ConfigurationError(
-                    f"FLOWLINE_EVENTS_RETENTION must be a number of events, got {retention!r}"
-                ) from None
+                    raise ConfigurationError(f"{name} must be {what}, got {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
