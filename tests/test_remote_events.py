@@ -149,7 +149,12 @@ class TestEncoding:
             "event": {"topic": "daily", "scheduled": "2026-01-01T00:00:00+00:00"},
             "s": "{1}",
         }
-        assert self.data(nan=float("nan"), ok=True) == {"nan": "nan", "ok": "True"}
+        assert self.data(nan=float("nan"), ok=True, n={1: 2}) == {
+            "nan": None,
+            "ok": True,
+            "n": {"1": 2},
+        }
+        assert self.data(big=2**70, ok=1) == {"big": str(2**70), "ok": "1"}
 
     def test_large_values_are_left_out_and_a_job_keeps_its_head(self) -> None:
         """An event stays small: big values become a note of their size."""
@@ -171,7 +176,7 @@ class TestWriter:
         with capture_logs() as logs, pytest.raises(RedisConnectionError):
             await log.flush()
         assert (log.dropped, len(log._buffer)) == (15, 10)
-        assert log._buffer[0][5]["id"] == "15"  # the oldest kept, put back in order
+        assert json.loads(log._buffer[0][2])["data"]["id"] == "15"  # the oldest kept, in order
         assert [x["event"] for x in logs] == [
             "event log buffer full: oldest events dropped (Redis slow or unreachable)"
         ]

@@ -6,17 +6,15 @@
     flowline:{events:<pipeline>}:index   list of "<entry id> <events so far>", oldest first:
                                          lets the append script trim by events, not entries
 
-Writing: the runner attaches an `EventLog` to each pipeline's bus, which appends every
-lifecycle event (`flowline._events.LIFECYCLE`, ``error:<stage>``) to the log's buffer as it is
-emitted, listened to or not: a tuple and a C call, nothing more on the hot path. A background
-task takes what gathered every few milliseconds, encodes it and appends it as one entry per
-pipeline, in one script call: one round trip and one XADD per flush, never one per event.
-Encoding then rather than at the emit keeps its cost out of the handlers' way; the price is
-that a handler which changes ``job.data`` in place within those milliseconds may show the
-change in its ``job:start`` (as it would to an async local listener). A full buffer (Redis
-slow or away) drops its oldest events, counted by the gaps they leave in the per-process
-``seq`` and warned about once a minute. The stream keeps the newest `retention` events at
-least, and at most one entry more.
+Writing: the runner attaches an `EventLog` to each pipeline's bus, which hands it every
+lifecycle event (`flowline._events.LIFECYCLE`, ``error:<stage>``) as it is emitted, listened to
+or not. The log encodes it there and then (orjson: about a microsecond) and buffers the bytes:
+what is recorded is the event as it was, and the buffer holds no job or data alive for the
+collector to walk. A background task takes what gathered every `FLUSH_INTERVAL` and appends
+it as one entry per pipeline, in one script call: one round trip and one XADD per flush,
+never one per event. A full buffer (Redis slow or away) drops its oldest events, counted by
+the gaps they leave in the per-process ``seq`` and warned about once a minute. The stream
+keeps the newest `retention` events at least, and at most one entry more.
 
 Why a batch per entry: an XADD per event cost Redis about 2.5 us per event in the benchmark (a
 scripted XADD and its AOF record), which alone took about a tenth of the worker's throughput;
@@ -35,14 +33,13 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -59,14 +56,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("flowline.eventlog")
 
-FLUSH_INTERVAL = 0.005  # seconds events gather before a flush: bigger batches, same latency class
+# Seconds events gather before a flush: each flush is a redis-py call (~100 us of this
+# process's CPU), so 40 a second cost under 0.5% of a core, and a reader sees an event
+# within about this long.
+FLUSH_INTERVAL = 0.025
 MAX_PER_ENTRY = 1000  # events per entry
 MAX_ENTRY = 1 << 20  # bytes of JSON per entry (more events wait for the next)
 MAX_EVENT = 16 * 1024  # bytes of JSON per event; larger values are replaced by a note
 WARN_EVERY = 60.0  # seconds between two warnings about dropped events
-YIELD_EVERY = 50  # events encoded between two turns of the event loop
 IDLE_WAIT = 0.1  # the longest a new event waits for its flush after a quiet spell
 BLOCK_MS = 1000  # how long one XREAD waits for new entries
+
+Buffered = tuple[str, int, bytes]  # an encoded event waiting for its flush: pipeline, seq, JSON
 
 # KEYS: a pipeline's event stream, its index. ARGV: retention, process id, number of events,
 # the events (one JSON array). Returns the new entry's id.
@@ -110,8 +111,8 @@ def index_key(pipeline: str) -> str:
 
 
 def _view(value: Any) -> Any:
-    """What JSON cannot encode itself becomes plain JSON values; anything else its repr."""
-    if isinstance(value, JobContext):
+    """What orjson cannot encode itself (it does dataclasses and dates) becomes plain JSON."""
+    if type(value) is JobContext:
         return {
             "id": value.id,
             "topic": value.topic,
@@ -121,66 +122,50 @@ def _view(value: Any) -> Any:
         }
     if isinstance(value, BaseException):
         return {"type": type(value).__name__, "message": str(value)}
-    if isinstance(value, date):
-        return value.isoformat()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     return repr(value)
 
 
-def _encoder(default: Callable[[Any], Any]) -> Callable[[Any], str]:
-    # One reused C encoder: `JSONEncoder.encode` builds a new one per call, which doubles the
-    # cost of the small dicts events are. No circular-reference check: recursion fails instead.
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pragma: no cover - CPython always has the C accelerator
-        return json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=default).encode
-    chunks = make(
-        None, default, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-    return lambda value: "".join(chunks(value, 0))
+_dumps = orjson.dumps
+# Int keys become strings, as with the standard library; a slower path, so the fallback only.
+_NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 
 
-_encode = _encoder(_view)
-_esc = json.encoder.encode_basestring  # C: a str as a JSON string
-
-
-def encode(name: str, stage: str, seq: int, at_ms: int, data: dict[str, Any]) -> str:
+def encode(name: str, stage: str, seq: int, at_ms: int, data: dict[str, Any]) -> bytes:
     """One event as the log stores it: name, stage, seq, time (ms), and `data`'s JSON view.
 
-    Written out by hand for the values events mostly carry (strings, ints, None, a job): on
-    the worker's hot path this costs half of handing the whole event to the C encoder.
+    orjson (a C encoder) costs a seventh of the standard library's on an event, and a
+    job:start and job:complete together about 1.5 us. NaN and infinities become null.
     """
+    event = {"name": name, "stage": stage, "seq": seq, "time": at_ms, "data": data}
     try:
-        parts = []
-        for key, value in data.items():  # keys are keyword names: nothing to escape
-            kind = type(value)
-            if kind is str:
-                parts.append(f'"{key}":{_esc(value)}')
-            elif kind is int:
-                parts.append(f'"{key}":{value}')
-            elif value is None:
-                parts.append(f'"{key}":null')
-            elif kind is JobContext:
-                parts.append(f'"{key}":{_job(value)}')
-            else:
-                parts.append(f'"{key}":{_encode(value)}')
-        body = ",".join(parts)
-    except (TypeError, ValueError, RecursionError):
-        # A key JSON refuses, NaN, or a cycle: each value as its repr instead.
-        body = ",".join(f'"{key}":{_esc(repr(value))}' for key, value in data.items())
-    if len(body) > MAX_EVENT:
-        body = _encode(_clipped(data))[1:-1]
-    return (
-        f'{{"name":{_esc(name)},"stage":{_esc(stage)},"seq":{seq},"time":{at_ms},'
-        f'"data":{{{body}}}}}'
-    )
+        text = _dumps(event, default=_view)
+    except orjson.JSONEncodeError:
+        try:  # a key that is not a string
+            text = _dumps(event, default=_view, option=_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            # A cycle, an integer past 64 bits, a view that raises: each value as its repr.
+            event["data"] = {key: _repr(value) for key, value in data.items()}
+            text = _dumps(event)
+    if len(text) > MAX_EVENT:
+        event["data"] = _clipped(data)
+        text = _dumps(event)
+    return text
 
 
-def _job(job: JobContext) -> str:
-    return (
-        f'{{"id":{_esc(job.id)},"topic":{_esc(job.topic)},"attempt":{job.attempt},'
-        f'"queue":{_esc(job.queue)},"data":{_encode(job.data)}}}'
-    )
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as exc:  # a value whose repr raises: note it rather than lose the event
+        return f"<unrepresentable {type(value).__name__}: {exc!r}>"
+
+
+def _size(value: Any) -> tuple[Any, int]:
+    """`value` (or its repr, if orjson refuses it) and the length of its JSON."""
+    try:
+        return value, len(_dumps(value, default=_view, option=_NON_STR_KEYS))
+    except orjson.JSONEncodeError:
+        text = _repr(value)
+        return text, len(text) + 2
 
 
 def _clipped(data: dict[str, Any]) -> dict[str, Any]:
@@ -188,16 +173,14 @@ def _clipped(data: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     limit = MAX_EVENT // max(1, len(data)) - 64
     for k, v in data.items():
-        try:
-            text = _encode(v)
-        except (TypeError, ValueError, RecursionError):
-            v = text = repr(v)
-        if len(text) <= limit:
+        v, size = _size(v)
+        if size <= limit:
             out[k] = v
-        elif isinstance(v, JobContext):
-            out[k] = {**_view(v), "data": f"<{len(_encode(v.data))} bytes of JSON, left out>"}
+        elif type(v) is JobContext:
+            left_out = f"<{_size(v.data)[1]} bytes of JSON, left out>"
+            out[k] = {**_view(v), "data": left_out}
         else:
-            out[k] = f"<{len(text)} bytes of JSON, left out>"
+            out[k] = f"<{size} bytes of JSON, left out>"
     return out
 
 
@@ -233,10 +216,10 @@ class EventLog:
         self.interval = interval
         self.written = 0  # events appended to Redis
         self.dropped = 0  # events lost to a full buffer
-        # The bus appends to it directly (C, no frame of ours per event); a full deque drops
-        # its oldest itself, and the gap this leaves in the seq numbers counts the drops.
-        self._buffer: collections.deque[RawEvent] = collections.deque(maxlen=self.capacity)
-        self._sink: Sink = self._buffer.append
+        # (pipeline, seq, the event's JSON). A full deque drops its oldest itself, and the
+        # gap this leaves in the seq numbers counts the drops.
+        self._buffer: collections.deque[Buffered] = collections.deque(maxlen=self.capacity)
+        self._sink: Sink = self._record
         self._last: dict[str, int] = {}  # per pipeline: the seq of the last event taken
         self._append = redis.register_script(APPEND)
         self._wake = asyncio.Event()
@@ -254,6 +237,15 @@ class EventLog:
                 self._last[pipeline.name] = bus.recorded
                 self._buses.append(bus)
             # else: another runner in this process records this pipeline's bus already.
+
+    def _record(self, event: RawEvent) -> None:
+        """The bus's sink: encode `event` now, buffer it for the next flush. Never raises."""
+        pipeline, name, stage, seq, at_ns, data = event
+        try:
+            text = encode(name, stage, seq, at_ns // 1_000_000, data)
+        except Exception as exc:  # pragma: no cover - encode falls back to reprs itself
+            text = encode(name, stage, seq, at_ns // 1_000_000, {"unrecorded": _repr(exc)})
+        self._buffer.append((pipeline, seq, text))
 
     def detach(self) -> None:
         """Stop recording; what is buffered is still written by `close`."""
@@ -307,7 +299,12 @@ class EventLog:
                 continue
             wait = self.interval
             try:
-                await self.flush()
+                # What gathered since the last flush, and more only while a full entry waits
+                # (or at close): draining to empty would, under load, turn the interval into
+                # back-to-back calls of a few events each.
+                await self._flush()
+                while len(self._buffer) >= MAX_PER_ENTRY or (self._closing and self._buffer):
+                    await self._flush()
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -322,23 +319,17 @@ class EventLog:
     async def _flush(self) -> None:
         """Append one entry per pipeline of the oldest buffered events."""
         buffer, last = self._buffer, self._last
-        by_pipeline: dict[str, list[str]] = {}
-        taken: list[RawEvent] = []
+        by_pipeline: dict[str, list[bytes]] = {}
+        taken: list[Buffered] = []
         size = lost = 0
         while buffer and len(taken) < MAX_PER_ENTRY and size < MAX_ENTRY:
             item = buffer.popleft()
-            pipeline, name, stage, seq, at_ns, data = item
+            pipeline, seq, text = item
             lost += seq - last.get(pipeline, seq - 1) - 1
             last[pipeline] = seq
-            try:
-                text = encode(name, stage, seq, at_ns // 1_000_000, data)
-            except Exception as exc:  # a value whose repr raises: note it rather than lose it
-                text = encode(name, stage, seq, at_ns // 1_000_000, {"unrecorded": repr(exc)})
             taken.append(item)
             by_pipeline.setdefault(pipeline, []).append(text)
             size += len(text)
-            if len(taken) % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # let handlers and reads run between slices of encoding
         if lost > 0:
             self._dropped(lost)
         written: set[str] = set()
@@ -346,7 +337,7 @@ class EventLog:
             for pipeline, texts in by_pipeline.items():
                 await self._append(
                     keys=[stream_key(pipeline), index_key(pipeline)],
-                    args=[self.retention, self.process, len(texts), f"[{','.join(texts)}]"],
+                    args=[self.retention, self.process, len(texts), b"[" + b",".join(texts) + b"]"],
                 )
                 written.add(pipeline)
                 self.written += len(texts)
@@ -355,7 +346,7 @@ class EventLog:
             # lost may have gone through: its events are then written twice, same seq).
             unsent = [item for item in taken if item[0] not in written]
             for pipeline in {item[0] for item in unsent}:
-                last[pipeline] = min(item[3] for item in unsent if item[0] == pipeline) - 1
+                last[pipeline] = min(item[1] for item in unsent if item[0] == pipeline) - 1
             room = self.capacity - len(buffer)
             if len(unsent) > room:  # the oldest give way; the seq gap counts them later
                 unsent = unsent[len(unsent) - room :]
@@ -426,7 +417,7 @@ def _entry(pipeline: str, entry: bytes | str, fields: dict[bytes, bytes]) -> lis
             raw["time"] / 1000,
             Event(raw["name"], raw["stage"], pipeline, raw.get("data") or {}),
         )
-        for i, raw in enumerate(json.loads(fields[b"events"]))
+        for i, raw in enumerate(orjson.loads(fields[b"events"]))
     ]
 
 
