@@ -68,6 +68,10 @@ def closed_nats() -> str:
     return f"nats://127.0.0.1:{free_port()}"
 
 
+def closed_redis() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
 async def record_of(redis: Any, job_id: str, state: str) -> bool:
     return await redis.hget(Q.job(job_id), "state") == state.encode()
 
@@ -341,6 +345,33 @@ class TestOnlyTheServersNeeded:
                 await recorder.pipeline.publish(b"{}")
         assert info is not None
         assert info.state == "queued"
+
+    async def test_a_producer_publishes_while_redis_is_down(
+        self, servers: LocalServers, js: Any
+    ) -> None:
+        """`flowline.connect` needs Redis only to enqueue; that enqueue names what failed."""
+        settings = Settings(nats_url=servers.nats_url, redis_url=closed_redis())
+        async with flowline.connect(recorder.pipeline, settings):
+            seq = await recorder.pipeline.publish(b'{"n": 1}')
+            with pytest.raises(flowline.EnqueueError, match=r"could not enqueue job .*Connection"):
+                await recorder.pipeline.enqueue("record", {"n": 1})
+        stored = await js.get_msg(recorder.SUBJECT, seq)
+        assert stored.data == b'{"n": 1}'
+
+    async def test_flowline_publish_runs_while_redis_is_down(
+        self, servers: LocalServers, js: Any
+    ) -> None:
+        """`flowline publish` needs NATS only; naming a dead Redis changes nothing."""
+        event = json.dumps({"fan": "fan-9", "talent": "talent-1", "action": "followed"})
+        target = "examples.fanbase.pipeline:pipeline"
+        r = await cli(
+            servers, "publish", target, "--json", event, FLOWLINE_REDIS_URL=closed_redis()
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("published as sequence "), r.stdout
+        seq = int(r.stdout.split()[-1])
+        stored = await js.get_msg("fanbase", seq)
+        assert b"fan-9" in stored.data
 
     async def test_a_queue_worker_runs_jobs_while_nats_is_down(
         self, worker: Any, servers: LocalServers, redis: Any

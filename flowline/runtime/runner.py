@@ -87,8 +87,13 @@ async def connect_nats(settings: Settings) -> NATS:
         ) from None
 
 
-async def connect_redis(settings: Settings, max_connections: int = 32) -> Redis:
+async def connect_redis(
+    settings: Settings, max_connections: int = 32, *, check: bool = True
+) -> Redis:
     """A Redis client, checked with PING so a wrong URL fails at start, not mid-stream.
+
+    Without `check` no connection is made until the first command (redis-py connects lazily):
+    a process that may never need Redis does not fail for want of it.
 
     Its pool is a blocking one: past `max_connections` (or ``settings.redis_max_connections``)
     a command waits for a free connection instead of failing, so no number of queues, handlers
@@ -104,6 +109,8 @@ async def connect_redis(settings: Settings, max_connections: int = 32) -> Redis:
         **settings.redis_connect_options(),
     )
     redis = Redis.from_pool(pool)
+    if not check:
+        return redis
     try:
         await redis.ping()
     except Exception as exc:
@@ -184,9 +191,11 @@ class Runner:
 
     async def _start(self) -> None:
         s = self.settings
-        self.redis = await connect_redis(s, self._pool_size())
-        self.scripts = Scripts(self.redis)
         parts = self._parts()
+        # A runner that runs nothing (`connect`, `flowline publish`) connects to Redis when it
+        # first enqueues or reads, so a producer that only publishes runs without Redis.
+        self.redis = await connect_redis(s, self._pool_size(), check=bool(parts))
+        self.scripts = Scripts(self.redis)
         if parts and s.events_retention:
             # Attached before any loop runs, so their first events are recorded too.
             self.events = EventLog(self.redis, self._consumer, s.events_retention)
@@ -422,6 +431,10 @@ def connect(target: object, settings: Settings | None = None) -> Runner:
 
     async with flowline.connect(pipeline):
         await pipeline.enqueue("notify-fan-following", {"fan": "fan-1", "talent": "t-1"})
+
+    It connects to each server when it first needs it: NATS at the first publish, Redis at the
+    first enqueue or lookup, so a producer that only publishes (or only enqueues) runs without
+    the other server. An unreachable server then fails that call, not the start.
     """
     return Runner(target, settings, only=())
 
