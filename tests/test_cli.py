@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from flowline.runtime.keys import QueueKeys, stream_dead_letters
 
 from .conftest import ROOT, eventually, runs
@@ -129,3 +131,33 @@ async def _dead_count(redis, key: str, n: int) -> bool:
 
 async def _state(redis, key: str, state: bytes) -> bool:
     return await redis.hget(key, "state") == state
+
+
+COMMANDS = {
+    "worker": ["worker", APP],
+    "status": ["status", APP],
+    "events": ["events", APP],
+    "jobs": ["jobs", APP, "some-id"],
+    "dlq list": ["dlq", "list", APP],
+    "dlq purge": ["dlq", "purge", APP, "--all"],
+    "publish": ["publish", "examples.fanbase.pipeline:pipeline", "--json", "{}"],
+    "dashboard": ["dashboard", APP, "--port", "0"],
+}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("FLOWLINE_HEARTBEAT", "soon", "FLOWLINE_HEARTBEAT must be a number, got 'soon'"),
+        ("FLOWLINE_EVENTS_RETENTION", "-5", "events_retention must be >= 0 (0: off), got -5"),
+    ],
+)
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+async def test_a_bad_flowline_variable_is_one_line_for_every_command(
+    servers, command: str, variable: str, value: str, message: str
+):
+    """Every command reads FLOWLINE_* the same way: a bad value is one line, no traceback."""
+    r = await run_cli(servers, *COMMANDS[command], env={variable: value})
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"Error: {message}", r.stderr

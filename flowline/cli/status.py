@@ -51,9 +51,10 @@ def status(
     ?, or null in --json) and the exit status is 1.
     """
     pipelines = load_pipelines(target)
-    settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
 
     async def go() -> None:
+        # Inside `run`, so a bad FLOWLINE_* value is a one-line error like any other.
+        settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
         async with StatusReader(pipelines, settings) as reader:
             if not watch:
                 doc = await reader.read()
