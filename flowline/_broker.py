@@ -16,6 +16,9 @@ record, whichever worker ran it: ``await (await task.kiq(data)).wait_result()`` 
 handler's return value, or ``is_err`` with a `JobError` carrying the error and the worker's
 traceback, and ``get_progress()`` gives the job's state and progress percentage.
 
+A ``taskiq worker`` process of the broker registers itself in the process registry and records
+the pipeline's lifecycle events in its event log, as ``flowline worker`` does (`startup`).
+
 This is the compatible path, not the fast one: taskiq's receiver takes one message at a time
 and acknowledges each alone, where `runtime.worker.QueueWorker` completes jobs in batches.
 Both settle jobs with the same code (`QueueWorker`'s): retries, backoff, dead letters, events.
@@ -49,8 +52,10 @@ from ._settings import Settings
 from .errors import JobError, JobTimeout, PipelineError, SerializationError
 from .runtime import jobs
 from .runtime.enqueue import Planned, write
+from .runtime.eventlog import EventLog
 from .runtime.job import JobContext, dumps, loads
 from .runtime.keys import GROUP
+from .runtime.registry import Presence
 from .runtime.runner import connect_redis
 from .runtime.scripts import Scripts, flat
 from .runtime.worker import QueueWorker, Running, consumer_name
@@ -79,6 +84,9 @@ class FlowlineBroker(AsyncBroker):
         self._outcomes: dict[str, _Outcome] = {}
         self._next_upkeep = 0.0
         self.result_backend = FlowlineResultBackend(self)
+        # A worker process's registry entry and event log, as `flowline worker` keeps them.
+        self._presence: Presence | None = None
+        self._events: EventLog | None = None
 
     async def _connect(self) -> QueueWorker:
         """The `QueueWorker` this broker settles jobs with (it holds the Redis client)."""
@@ -90,13 +98,41 @@ class FlowlineBroker(AsyncBroker):
         return self._worker
 
     async def startup(self) -> None:
-        """Connect to Redis and create the queue's streams and consumer group if missing."""
+        """Connect to Redis and create the queue's streams and consumer group if missing.
+
+        In a worker process (``taskiq worker``) also register in the process registry and
+        record lifecycle events in the event log, as ``flowline worker`` does.
+        """
         await super().startup()
-        await (await self._connect()).setup()
+        worker = await self._connect()
+        if self.is_worker_process:
+            s = self.settings
+            part = f"queue:{self.queue.name}"
+            self._presence = Presence(
+                worker.redis,
+                self.consumer,
+                [self.pipeline.name],
+                s.heartbeat,
+                [self.queue.name],
+                lambda: ([part], len(worker.claims), worker.completed, worker.failed),
+            )
+            await self._presence.register()
+            if s.events_retention:
+                self._events = EventLog(worker.redis, self.consumer, s.events_retention)
+                self._events.attach([self.pipeline])
+                self._events.start()
+            self._presence.start()
+        await worker.setup()
 
     async def shutdown(self) -> None:
-        """Run taskiq's shutdown hooks, then close the Redis connections."""
+        """Run taskiq's shutdown hooks, write the events left, then close the connections."""
         await super().shutdown()
+        if self._presence is not None:
+            await self._presence.stop()
+            self._presence = None
+        if self._events is not None:
+            await self._events.close()
+            self._events = None
         if self._worker is not None:
             await self._worker.redis.aclose()
             self._worker = None
@@ -242,6 +278,9 @@ class FlowlineBroker(AsyncBroker):
                 key=worker.keys.job(job_id),
                 bus=self.pipeline.bus,
             )
+            bus = self.pipeline.bus
+            if msg and bus.wants("job:start"):
+                bus.emit("job:start", "job", job=job)
             try:
                 result = await _timed(worker, topic, job)
                 encoded = dumps(result, what=f"result of job {job_id}")

@@ -30,7 +30,10 @@ from flowline import (
     Stream,
     compile_broker,
 )
+from flowline.runtime import eventlog, registry
+from flowline.runtime.eventlog import Recorded
 from flowline.runtime.keys import GROUP, QueueKeys
+from flowline.runtime.registry import ProcessInfo
 from flowline.servers import LocalServers
 from tests.apps import recorder
 
@@ -203,6 +206,46 @@ class TestAcrossWorkers:
         }
         proc.proc.send_signal(signal.SIGTERM)  # to the parent only, as a supervisor would
         assert await asyncio.to_thread(proc.proc.wait, 10) == 0
+
+    async def test_a_taskiq_worker_registers_and_records_its_events(
+        self, taskiq_worker: Any, servers: LocalServers, redis: Any
+    ) -> None:
+        """`taskiq worker` shows in the process registry and writes the pipeline's event log."""
+        proc = taskiq_worker("tests.apps.taskiq_app:broker")
+        entry = await eventually(lambda: taskiq_entry(redis), 30)
+        assert (entry.pipelines, entry.parts) == ([recorder.pipeline.name], ["queue:recorder"])
+        job_id = recorder.pipeline.enqueue_sync("record", {"n": 3}, redis_url=servers.redis_url)
+        await eventually(lambda: in_state(redis, RECORDER, job_id, "completed"), 30)
+        (run,) = [r for r in await runs(redis) if r["id"] == job_id and r["event"] == "start"]
+        assert entry.pid == run["pid"]  # the entry is the process that ran the job
+
+        async def recorded() -> list[Recorded] | None:
+            found = [
+                rec
+                async for rec in eventlog.tail(
+                    redis, [recorder.pipeline.name], last=100, stop=STOPPED
+                )
+                if (rec.event.data.get("job") or rec.event.data).get("id") == job_id
+            ]
+            return found if len(found) == 2 else None
+
+        start, complete = await eventually(recorded)
+        assert (start.event.name, complete.event.name) == ("job:start", "job:complete")
+        assert start.process == complete.process == entry.id
+        assert start.event.data["job"]["data"] == {"n": 3}
+        assert complete.event.data["result"] == {"ok": True, "id": job_id}
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.proc.wait, 10) == 0
+        assert await taskiq_entry(redis) is None  # a clean stop removes its entry
+
+
+STOPPED = asyncio.Event()
+STOPPED.set()  # tail: the kept events, then stop
+
+
+async def taskiq_entry(redis: Any) -> ProcessInfo | None:
+    found = [p for p in await registry.processes(redis) if p.pipelines == [recorder.pipeline.name]]
+    return found[0] if found else None
 
 
 class TestTaskiqPath:

@@ -15,11 +15,14 @@ its job is reclaimed, so it stays until then).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -165,3 +168,60 @@ async def remove_dead_consumers(
                 await redis.xgroup_delconsumer(stream, GROUP, consumer)
                 removed += 1
     return removed
+
+
+# What a process reports at each heartbeat: its parts, and jobs running, completed and failed.
+State = Callable[[], tuple[list[str], int, int, int]]
+
+
+class Presence:
+    """A process's registry entry, refreshed every heartbeat until `stop`, which removes it.
+
+    Each heartbeat also removes the consumers of `queues` that dead processes left behind.
+    `Runner` and the taskiq broker's worker process both keep one.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        process_id: str,
+        pipelines: list[str],
+        heartbeat: float,
+        queues: list[str],
+        state: State,
+    ) -> None:
+        self.registration = Registration(redis, process_id, pipelines, heartbeat)
+        self.redis, self.heartbeat, self.queues, self.state = redis, heartbeat, queues, state
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def register(self) -> None:
+        """The first entry, written before any consumer exists (no live one looks abandoned)."""
+        await self.registration.beat(*self.state())
+
+    def start(self) -> None:
+        """Refresh the entry every heartbeat from now on."""
+        self._task = asyncio.create_task(self._run(), name="registry")
+
+    async def stop(self) -> None:
+        """Stop refreshing and remove the entry (a dead Redis: it expires by itself)."""
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.registration.remove()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.heartbeat)
+            if self._stop.is_set():
+                break
+            try:
+                await self.registration.beat(*self.state())
+                if self.queues:
+                    live = {p.id for p in await processes(self.redis)}
+                    idle = EXPIRES_AFTER * self.heartbeat
+                    await remove_dead_consumers(self.redis, self.queues, live, idle)
+            except Exception as exc:
+                log.warning("process registry not refreshed", error=repr(exc))

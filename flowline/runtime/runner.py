@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import signal
 from collections.abc import Iterable
@@ -30,14 +29,14 @@ from ..errors import ConfigurationError, EnqueueError, PipelineError
 from ..observability.http import HttpEndpoint, asgi_app
 from ..observability.metrics import Metrics
 from ..observability.tracing import get_tracing
-from . import deadletters, registry
+from . import deadletters
 from .cron import CronSource
 from .emit import Emitter
 from .enqueue import direct, write
 from .eventlog import EventLog
 from .ingest import StreamIngest, ensure_stream
 from .probe import Probe
-from .registry import Registration
+from .registry import Presence
 from .scripts import Scripts
 from .worker import QueueWorker, consumer_name
 
@@ -150,8 +149,7 @@ class Runner:
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.ingests: list[StreamIngest] = []
         self.workers: list[QueueWorker] = []
-        self._registration: Registration | None = None
-        self._registry_task: asyncio.Task[None] | None = None
+        self._presence: Presence | None = None  # this process's registry entry
         self.events: EventLog | None = None  # this process's writer of the event log
         self.metrics = Metrics(registry) if self.settings.metrics else None
         self.probe = Probe(self)
@@ -201,11 +199,15 @@ class Runner:
             self.events = EventLog(self.redis, self._consumer, s.events_retention)
             self.events.attach(self.plan.pipelines)
         if parts:
-            # Registered before any consumer exists, so no live consumer looks abandoned.
-            self._registration = Registration(
-                self.redis, self._consumer, [p.name for p in self.plan.pipelines], s.heartbeat
+            self._presence = Presence(
+                self.redis,
+                self._consumer,
+                [p.name for p in self.plan.pipelines],
+                s.heartbeat,
+                [q.name for _, q in self.plan.queues],
+                self._state,
             )
-            await self._registration.beat(parts, 0, 0, 0)
+            await self._presence.register()
         if self.plan.streams:
             # Only a process that consumes a stream needs NATS from the start; a producer or a
             # queue worker connects when it first publishes (`jetstream`), so it runs without.
@@ -249,8 +251,8 @@ class Runner:
         self.started = True
         if self.events is not None:
             self.events.start()
-        if self._registration is not None:
-            self._registry_task = asyncio.create_task(self._keep_registered(), name="registry")
+        if self._presence is not None:
+            self._presence.start()
 
     def _parts(self) -> list[str]:
         p = self.plan
@@ -260,29 +262,15 @@ class Runner:
             *(f"cron:{c.topic}" for _, c in p.crons),
         ]
 
-    async def _keep_registered(self) -> None:
-        """Refresh this process's registry entry; tidy what dead processes left behind."""
-        assert self._registration is not None
-        assert self.redis is not None
-        queues = [q.name for _, q in self.plan.queues]
-        while not self.stop_event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), timeout=self.settings.heartbeat)
-            if self.stop_event.is_set():
-                break
-            try:
-                await self._registration.beat(
-                    self._parts(),
-                    sum(w.running for w in self.workers),
-                    sum(w.completed for w in self.workers),
-                    sum(w.failed for w in self.workers),
-                )
-                if queues:
-                    live = {p.id for p in await registry.processes(self.redis)}
-                    idle = registry.EXPIRES_AFTER * self.settings.heartbeat
-                    await registry.remove_dead_consumers(self.redis, queues, live, idle)
-            except Exception as exc:
-                log.warning("process registry not refreshed", error=repr(exc))
+    def _state(self) -> tuple[list[str], int, int, int]:
+        """What the registry shows of this process: parts, and jobs running, done, failed."""
+        w = self.workers
+        return (
+            self._parts(),
+            sum(x.running for x in w),
+            sum(x.completed for x in w),
+            sum(x.failed for x in w),
+        )
 
     async def jetstream(self) -> JetStreamContext:
         """JetStream, connecting on first use (a queue-only process may never need NATS).
@@ -317,11 +305,8 @@ class Runner:
         """Stop taking work, let in-flight jobs finish (within `grace`), close connections."""
         self.stop_event.set()
         results = await asyncio.gather(*self.loops.values(), return_exceptions=True)
-        if self._registry_task is not None:
-            await asyncio.gather(self._registry_task, return_exceptions=True)
-        if self._registration is not None:
-            with contextlib.suppress(Exception):  # a dead Redis: the entry expires by itself
-                await self._registration.remove()
+        if self._presence is not None:
+            await self._presence.stop()
         for p in self.plan.pipelines:
             await p.bus.drain()
             if p._runner is self:
