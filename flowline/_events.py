@@ -23,9 +23,9 @@ log = structlog.get_logger("flowline.events")
 _now = time.time_ns
 
 Listener = Callable[["Event"], Awaitable[None] | None]
-# A lifecycle event as a sink receives it: (pipeline, name, stage, seq, time ns, data), seq
-# counting the bus's recorded events from 1. The sink must not raise.
-RawEvent = tuple[str, str, str, int, int, dict[str, Any]]
+# A lifecycle event as a sink receives it: (name, stage, seq, time ns, data), seq counting the
+# bus's recorded events from 1. The sink must not raise; `deque.append` is one.
+RawEvent = tuple[str, str, int, int, dict[str, Any]]
 Sink = Callable[[RawEvent], None]
 
 # What happened to a job, a message's jobs or a cron tick: what the event log records of every
@@ -168,7 +168,7 @@ class EventBus:
         if sink is not None and (name in LIFECYCLE or name.startswith("error:")):
             # The sink only keeps the tuple: what it costs to encode is paid off the hot path.
             self.recorded += 1
-            sink((self.pipeline, name, stage, self.recorded, _now(), data))
+            sink((name, stage, self.recorded, _now(), data))
         if not self._listeners or not self._heard(name):
             return
         event = Event(name, stage, self.pipeline, data)

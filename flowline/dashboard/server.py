@@ -16,7 +16,7 @@ from .._pipeline import Pipeline
 from .._settings import Settings
 from ..errors import ConfigurationError
 from ..observability.http import HttpEndpoint
-from ..runtime.runner import connect
+from ..runtime.runner import connect, ping_redis
 from ..runtime.status import StatusReader
 from .app import Dashboard, create_app
 from .security import Auth
@@ -73,6 +73,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     try:
         async with connect(pipelines, settings) as runner, StatusReader(pipelines, settings) as st:
+            assert runner.redis is not None
+            await ping_redis(runner.redis, settings)  # every page reads Redis: fail at start
             dashboard = Dashboard(pipelines, runner, st, settings, auth)
             endpoint.app = create_app(dashboard)
             await endpoint.start()

@@ -2,19 +2,22 @@
 
     flowline:{events:<pipeline>}         stream; each entry is one batch of one process's
                                          events: ``process`` (its id), ``count`` and ``events``
-                                         (a JSON array of {name, stage, seq, time ms, data})
+                                         (a JSON array of [name, stage, seq, time ns, data])
     flowline:{events:<pipeline>}:index   list of "<entry id> <events so far>", oldest first:
                                          lets the append script trim by events, not entries
 
-Writing: the runner attaches an `EventLog` to each pipeline's bus, which hands it every
-lifecycle event (`flowline._events.LIFECYCLE`, ``error:<stage>``) as it is emitted, listened to
-or not. The log encodes it there and then (orjson: about a microsecond) and buffers the bytes:
-what is recorded is the event as it was, and the buffer holds no job or data alive for the
-collector to walk. A background task takes what gathered every `FLUSH_INTERVAL` and appends
-it as one entry per pipeline, in one script call: one round trip and one XADD per flush,
-never one per event. A full buffer (Redis slow or away) drops its oldest events, counted by
-the gaps they leave in the per-process ``seq`` and warned about once a minute. The stream
-keeps the newest `retention` events at least, and at most one entry more.
+Writing: the runner attaches an `EventLog` to each pipeline's bus, which appends every
+lifecycle event (`flowline._events.LIFECYCLE`, ``error:<stage>``) to that pipeline's buffer as
+it is emitted, listened to or not: a tuple and a C call (`deque.append`), nothing more on the
+hot path. A background task takes what gathered every `FLUSH_INTERVAL`, encodes it with orjson
+mapped over the tuples (`encode_all`: no Python frame per event) and appends it as one entry
+per pipeline, in one script call: one round trip and one XADD per flush, never one per event.
+Encoding then rather than at the emit is what keeps the log near a microsecond per job; the
+price is that a handler which changes ``job.data`` in place within those milliseconds may show
+the change in its ``job:start`` (as it would to an async local listener). A full buffer (Redis
+slow or away) drops its oldest events, counted by the gaps they leave in the per-process
+``seq`` and warned about once a minute. The stream keeps the newest `retention` events at
+least, and at most one entry more.
 
 Why a batch per entry: an XADD per event cost Redis about 2.5 us per event in the benchmark (a
 scripted XADD and its AOF record), which alone took about a tenth of the worker's throughput;
@@ -33,10 +36,11 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -61,13 +65,13 @@ log = structlog.get_logger("flowline.eventlog")
 # within about this long.
 FLUSH_INTERVAL = 0.025
 MAX_PER_ENTRY = 1000  # events per entry
+CHUNK = 50  # events per orjson call
 MAX_ENTRY = 1 << 20  # bytes of JSON per entry (more events wait for the next)
 MAX_EVENT = 16 * 1024  # bytes of JSON per event; larger values are replaced by a note
 WARN_EVERY = 60.0  # seconds between two warnings about dropped events
 IDLE_WAIT = 0.1  # the longest a new event waits for its flush after a quiet spell
 BLOCK_MS = 1000  # how long one XREAD waits for new entries
 
-Buffered = tuple[str, int, bytes]  # an encoded event waiting for its flush: pipeline, seq, JSON
 
 # KEYS: a pipeline's event stream, its index. ARGV: retention, process id, number of events,
 # the events (one JSON array). Returns the new entry's id.
@@ -126,30 +130,51 @@ def _view(value: Any) -> Any:
 
 
 _dumps = orjson.dumps
+_fast = functools.partial(orjson.dumps, default=_view)
 # Int keys become strings, as with the standard library; a slower path, so the fallback only.
 _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 
 
-def encode(name: str, stage: str, seq: int, at_ms: int, data: dict[str, Any]) -> bytes:
-    """One event as the log stores it: name, stage, seq, time (ms), and `data`'s JSON view.
+def encode(event: RawEvent) -> bytes:
+    """One event as the log stores it: ``[name, stage, seq, time ns, data]``, data's JSON view.
 
-    orjson (a C encoder) costs a seventh of the standard library's on an event, and a
-    job:start and job:complete together about 1.5 us. NaN and infinities become null.
+    NaN and infinities become null; a key that is not a string its str; a value orjson
+    cannot encode at all (a cycle, an int past 64 bits) makes every value its repr; data
+    past `MAX_EVENT` bytes is clipped (`_clipped`).
     """
-    event = {"name": name, "stage": stage, "seq": seq, "time": at_ms, "data": data}
+    name, stage, seq, at_ns, data = event
     try:
         text = _dumps(event, default=_view)
     except orjson.JSONEncodeError:
-        try:  # a key that is not a string
+        try:
             text = _dumps(event, default=_view, option=_NON_STR_KEYS)
         except orjson.JSONEncodeError:
-            # A cycle, an integer past 64 bits, a view that raises: each value as its repr.
-            event["data"] = {key: _repr(value) for key, value in data.items()}
-            text = _dumps(event)
+            text = _dumps((name, stage, seq, at_ns, {k: _repr(v) for k, v in data.items()}))
     if len(text) > MAX_EVENT:
-        event["data"] = _clipped(data)
-        text = _dumps(event)
+        text = _dumps((name, stage, seq, at_ns, _clipped(data)))
     return text
+
+
+def encode_all(events: list[RawEvent]) -> list[tuple[int, bytes]]:
+    """`events` as JSON, in pieces: (how many events, their JSON arrays comma-separated).
+
+    Each piece is one orjson call over up to `CHUNK` buffered tuples: about 0.1 us an event,
+    where a call per event costs 2 us once hundreds of results are alive (measured; the
+    allocator, not the encoding). A piece whose JSON passes `MAX_EVENT`, or that orjson
+    refuses, is encoded event by event (`encode`: clipped, or as reprs).
+    """
+    pieces = []
+    for i in range(0, len(events), CHUNK):
+        part = events[i : i + CHUNK]
+        try:
+            text: bytes | None = _fast(part)
+        except orjson.JSONEncodeError:
+            text = None
+        if text is not None and len(text) <= MAX_EVENT:  # so no event in it is larger
+            pieces.append((len(part), text[1:-1]))
+        else:
+            pieces.append((len(part), b",".join(map(encode, part))))
+    return pieces
 
 
 def _repr(value: Any) -> str:
@@ -194,8 +219,8 @@ class EventLog:
         redis: the process's client.
         process: this process's id (the runner's consumer name: host, pid, a random suffix).
         retention: how many of the newest events each pipeline's log keeps, at least.
-        capacity: events the buffer holds while Redis is slow or away (default: `retention`,
-            at least 1,000); past it the oldest are dropped.
+        capacity: events each pipeline's buffer holds while Redis is slow or away (default:
+            `retention`, at least 1,000); past it the oldest are dropped.
         interval: seconds events gather before a flush (doubling, up to `IDLE_WAIT`, while
             there are none).
     """
@@ -216,42 +241,40 @@ class EventLog:
         self.interval = interval
         self.written = 0  # events appended to Redis
         self.dropped = 0  # events lost to a full buffer
-        # (pipeline, seq, the event's JSON). A full deque drops its oldest itself, and the
-        # gap this leaves in the seq numbers counts the drops.
-        self._buffer: collections.deque[Buffered] = collections.deque(maxlen=self.capacity)
-        self._sink: Sink = self._record
-        self._last: dict[str, int] = {}  # per pipeline: the seq of the last event taken
+        # Per pipeline: the buffer its bus appends to, and the seq of the last event taken.
+        self._buffers: dict[str, collections.deque[RawEvent]] = {}
+        self._last: dict[str, int] = {}
+        self._sinks: list[tuple[EventBus, Sink]] = []
         self._append = redis.register_script(APPEND)
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._buses: list[EventBus] = []
         self._warned_at = -WARN_EVERY
         self._warned_dropped = 0
 
     def attach(self, pipelines: Iterable[Pipeline]) -> None:
         """Record the lifecycle events of `pipelines` from now on (buffered until `start`)."""
         for pipeline in pipelines:
-            bus = pipeline.bus
-            if bus.attach(self._sink):
-                self._last[pipeline.name] = bus.recorded
-                self._buses.append(bus)
+            # The bus appends its tuples straight to a deque: C, no frame of ours per event.
+            # A full deque drops its oldest itself; the gap left in the seqs counts the drops.
+            buffer: collections.deque[RawEvent] = collections.deque(maxlen=self.capacity)
+            sink = buffer.append
+            if pipeline.bus.attach(sink):
+                self._buffers[pipeline.name] = buffer
+                self._last[pipeline.name] = pipeline.bus.recorded
+                self._sinks.append((pipeline.bus, sink))
             # else: another runner in this process records this pipeline's bus already.
-
-    def _record(self, event: RawEvent) -> None:
-        """The bus's sink: encode `event` now, buffer it for the next flush. Never raises."""
-        pipeline, name, stage, seq, at_ns, data = event
-        try:
-            text = encode(name, stage, seq, at_ns // 1_000_000, data)
-        except Exception as exc:  # pragma: no cover - encode falls back to reprs itself
-            text = encode(name, stage, seq, at_ns // 1_000_000, {"unrecorded": _repr(exc)})
-        self._buffer.append((pipeline, seq, text))
 
     def detach(self) -> None:
         """Stop recording; what is buffered is still written by `close`."""
-        for bus in self._buses:
-            bus.detach(self._sink)
-        self._buses.clear()
+        for bus, sink in self._sinks:
+            bus.detach(sink)
+        self._sinks.clear()
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting for a flush."""
+        return sum(map(len, self._buffers.values()))
 
     def _dropped(self, count: int) -> None:
         self.dropped += count
@@ -279,11 +302,11 @@ class EventLog:
         try:
             await asyncio.wait_for(self._task, within)
         except TimeoutError:
-            log.warning("event log not flushed at shutdown", events=len(self._buffer))
+            log.warning("event log not flushed at shutdown", events=self.buffered)
 
     async def flush(self) -> None:
         """Write what is buffered now (the background task does it on its own)."""
-        while self._buffer:
+        while self.buffered:
             await self._flush()
 
     async def _run(self) -> None:
@@ -292,7 +315,7 @@ class EventLog:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            if not self._buffer:
+            if not self.buffered:
                 if self._closing:
                     return
                 wait = min(IDLE_WAIT, wait * 2)
@@ -303,7 +326,7 @@ class EventLog:
                 # (or at close): draining to empty would, under load, turn the interval into
                 # back-to-back calls of a few events each.
                 await self._flush()
-                while len(self._buffer) >= MAX_PER_ENTRY or (self._closing and self._buffer):
+                while (self._closing and self.buffered) or self._full():
                     await self._flush()
                 failures = 0
             except Exception as exc:
@@ -313,45 +336,61 @@ class EventLog:
                 if self._closing:
                     return
                 wait = delay
-            if self._closing and not self._buffer:
+            if self._closing and not self.buffered:
                 return
 
+    def _full(self) -> bool:
+        return any(len(b) >= MAX_PER_ENTRY for b in self._buffers.values())
+
     async def _flush(self) -> None:
-        """Append one entry per pipeline of the oldest buffered events."""
-        buffer, last = self._buffer, self._last
-        by_pipeline: dict[str, list[bytes]] = {}
-        taken: list[Buffered] = []
-        size = lost = 0
-        while buffer and len(taken) < MAX_PER_ENTRY and size < MAX_ENTRY:
-            item = buffer.popleft()
-            pipeline, seq, text = item
-            lost += seq - last.get(pipeline, seq - 1) - 1
-            last[pipeline] = seq
-            taken.append(item)
-            by_pipeline.setdefault(pipeline, []).append(text)
-            size += len(text)
+        """Append, for each pipeline with events buffered, an entry of its oldest ones."""
+        for pipeline, buffer in self._buffers.items():
+            if buffer:
+                await self._flush_one(pipeline, buffer)
+
+    async def _flush_one(self, pipeline: str, buffer: collections.deque[RawEvent]) -> None:
+        if len(buffer) <= MAX_PER_ENTRY:
+            taken = list(buffer)  # no await until clear(): nothing is appended in between
+            buffer.clear()
+        else:
+            taken = [buffer.popleft() for _ in range(MAX_PER_ENTRY)]
+        lost = taken[-1][2] - self._last[pipeline] - len(taken)  # seqs count every event
+        self._last[pipeline] = taken[-1][2]
         if lost > 0:
             self._dropped(lost)
-        written: set[str] = set()
+        sent = 0
         try:
-            for pipeline, texts in by_pipeline.items():
+            for count, body in _entries(encode_all(taken)):
                 await self._append(
                     keys=[stream_key(pipeline), index_key(pipeline)],
-                    args=[self.retention, self.process, len(texts), b"[" + b",".join(texts) + b"]"],
+                    args=[self.retention, self.process, count, b"[" + body + b"]"],
                 )
-                written.add(pipeline)
-                self.written += len(texts)
+                sent += count
+                self.written += count
         except BaseException:
             # What was not written goes back to the front, in order (a call whose reply was
             # lost may have gone through: its events are then written twice, same seq).
-            unsent = [item for item in taken if item[0] not in written]
-            for pipeline in {item[0] for item in unsent}:
-                last[pipeline] = min(item[1] for item in unsent if item[0] == pipeline) - 1
+            unsent = taken[sent:]
+            self._last[pipeline] = unsent[0][2] - 1
             room = self.capacity - len(buffer)
             if len(unsent) > room:  # the oldest give way; the seq gap counts them later
                 unsent = unsent[len(unsent) - room :]
             buffer.extendleft(reversed(unsent))
             raise
+
+
+def _entries(pieces: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """`pieces` joined into entries of at most `MAX_ENTRY` bytes (one piece alone may pass)."""
+    parts: list[bytes] = []
+    count = size = 0
+    for n, body in pieces:
+        if parts and size + len(body) > MAX_ENTRY:
+            yield count, b",".join(parts)
+            count, parts, size = 0, [], 0
+        count, size = count + n, size + len(body) + 1
+        parts.append(body)
+    if parts:
+        yield count, b",".join(parts)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -409,16 +448,12 @@ def _entry(pipeline: str, entry: bytes | str, fields: dict[bytes, bytes]) -> lis
     """The events of one stream entry."""
     entry_id = _decoded(entry)
     process = fields[b"process"].decode()
-    return [
-        Recorded(
-            f"{entry_id}/{i}",
-            process,
-            raw["seq"],
-            raw["time"] / 1000,
-            Event(raw["name"], raw["stage"], pipeline, raw.get("data") or {}),
-        )
-        for i, raw in enumerate(orjson.loads(fields[b"events"]))
-    ]
+    out = []
+    for i, raw in enumerate(orjson.loads(fields[b"events"])):
+        name, stage, seq, at_ns, data = raw
+        event = Event(name, stage, pipeline, data)
+        out.append(Recorded(f"{entry_id}/{i}", process, seq, at_ns / 1e9, event))
+    return out
 
 
 def _decoded(value: bytes | str) -> str:

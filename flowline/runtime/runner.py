@@ -108,16 +108,23 @@ async def connect_redis(
         **settings.redis_connect_options(),
     )
     redis = Redis.from_pool(pool)
-    if not check:
-        return redis
+    if check:
+        try:
+            await ping_redis(redis, settings)
+        except ConfigurationError:
+            await redis.aclose()
+            raise
+    return redis
+
+
+async def ping_redis(redis: Redis, settings: Settings) -> None:
+    """PING `redis`; raises `ConfigurationError` naming the (redacted) URL if it fails."""
     try:
         await redis.ping()
     except Exception as exc:
-        await redis.aclose()
         raise ConfigurationError(
             f"cannot connect to Redis at {redact(settings.redis_url)}: {type(exc).__name__}: {exc}"
         ) from None
-    return redis
 
 
 class Runner:
