@@ -1,6 +1,6 @@
 """flowline next to hand-written baselines, measured in the same run on the same servers.
 
-    python -m benchmarks            # full run, about 4 minutes on 2 cores
+    python -m benchmarks            # full run, about 7 minutes on 2 cores (5 rounds)
     python -m benchmarks --quick    # smoke run, about 30 s
     nox -s bench -- --quick
 
@@ -100,7 +100,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=3, events=30_000, jobs=50_000, taskiq_jobs=3_000, latency_seconds=5.0,
+    rounds=5, events=30_000, jobs=50_000, taskiq_jobs=3_000, latency_seconds=5.0,
     latency_rounds=3, rate=500.0,
 )  # fmt: skip
 QUICK = Sizes(
