@@ -14,7 +14,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import PipelineError
+from google.protobuf import json_format
+
+from .errors import PipelineError, SerializationError
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -303,12 +305,27 @@ def _decoder_for(decoder: Any) -> Callable[[bytes], Any]:
 
 
 def _encoder_for(decoder: Any) -> Callable[[Any], bytes] | None:
-    """How `publish` encodes an event: protobuf messages serialise themselves; bytes pass."""
+    """How `publish` encodes an event: protobuf messages serialise themselves; bytes pass.
+
+    A dict is read with protobuf's own JSON mapping (`json_format.ParseDict`: nested messages,
+    enums by name, repeated fields, JSON or proto field names), so ``flowline publish --json``
+    takes what ``MessageToJson`` prints.
+    """
     if isinstance(decoder, type) and hasattr(decoder, "SerializeToString"):
 
         def encode(event: Any) -> bytes:
             if isinstance(event, Mapping):
-                event = decoder(**event)
+                try:
+                    event = json_format.ParseDict(dict(event), decoder())
+                except json_format.ParseError as exc:
+                    # One line, naming the field ("Failed to parse fan field: ...").
+                    reason = " ".join(str(exc).split())
+                    raise SerializationError(f"not a {decoder.__name__}: {reason}") from None
+            elif not isinstance(event, decoder):
+                raise SerializationError(
+                    f"not a {decoder.__name__}: expected the message or a dict of its fields, "
+                    f"got {type(event).__name__}"
+                )
             return event.SerializeToString()  # type: ignore[no-any-return]
 
         return encode

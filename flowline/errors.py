@@ -10,7 +10,8 @@
     │   ├── EnqueueError       jobs could not be written to Redis
     │   └── JobError           a handler failed (wraps the handler's exception)
     │       └── JobTimeout     a handler ran past its topic's timeout
-    └── SerializationError     job data or a result is not JSON-serialisable
+    └── SerializationError     job data or a result is not JSON-serialisable, or a dict
+                               published to a protobuf stream is not that message
 
 `Retry` is not an error: it is a signal a handler raises to ask for another attempt.
 """
@@ -63,7 +64,8 @@ class JobTimeout(JobError):
 
 
 class SerializationError(FlowlineError):
-    """Raised when job data or a job result cannot be encoded as JSON."""
+    """Raised when job data or a job result cannot be encoded as JSON, or a dict published to
+    a protobuf stream does not fit its message (the message names the field)."""
 
 
 class Retry(Exception):

@@ -161,3 +161,32 @@ async def test_a_bad_flowline_variable_is_one_line_for_every_command(
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     assert r.stderr.strip() == f"Error: {message}", r.stderr
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ('{"fan": 5}', "not a FanbaseEvent: Failed to parse fan field: expected string"),
+        ('{"fan": "f", "colour": "red"}', 'has no field named "colour" at "FanbaseEvent".'),
+        ("[1, 2]", "not a FanbaseEvent: expected the message or a dict of its fields, got list"),
+    ],
+)
+async def test_publish_names_the_field_that_does_not_fit(servers, js, payload: str, message: str):
+    """A JSON object that is not the stream's message: one line naming the field, nothing sent."""
+    before = (await js.stream_info("fanbase")).state.messages if await _has(js, "fanbase") else 0
+    r = await run_cli(servers, "publish", "examples.fanbase.pipeline:pipeline", "--json", payload)
+    assert r.returncode == 1, r.stdout
+    assert "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("Error: "), line
+    assert message in line, line
+    after = (await js.stream_info("fanbase")).state.messages if await _has(js, "fanbase") else 0
+    assert after == before
+
+
+async def _has(js, stream: str) -> bool:
+    try:
+        await js.stream_info(stream)
+    except Exception:
+        return False
+    return True

@@ -9,11 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.descriptor_pb2 import FieldDescriptorProto, FileDescriptorProto
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from examples.fanbase.fanbase_pb2 import FanbaseEvent
-from flowline import Backoff, Cron, Job, Pipeline, PipelineError, Queue, Route, Stream
+from flowline import (
+    Backoff,
+    Cron,
+    Job,
+    Pipeline,
+    PipelineError,
+    Queue,
+    Route,
+    SerializationError,
+    Stream,
+)
 from flowline.runtime.cron import next_tick, previous_tick
 
 
@@ -406,3 +417,36 @@ class TestCronTicks:
         """For any time, previous_tick(now) <= now < next_tick(now)."""
         cron = Cron(schedule[0], topic="tick", tz=schedule[1])
         assert previous_tick(cron, now) <= now < next_tick(cron, now)
+
+
+class TestPublishingADict:
+    """A dict published to a protobuf stream is read with protobuf's JSON mapping."""
+
+    def test_nested_messages_enums_and_repeated_fields(self) -> None:
+        stream = Stream("schemas", FileDescriptorProto)
+        assert stream.encode is not None
+        event = {
+            "name": "a.proto",
+            "dependency": ["b.proto", "c.proto"],
+            "messageType": [{"name": "M", "field": [{"name": "f", "type": "TYPE_STRING"}]}],
+        }
+        decoded = FileDescriptorProto.FromString(stream.encode(event))
+        assert decoded.name == "a.proto"
+        assert list(decoded.dependency) == ["b.proto", "c.proto"]
+        assert decoded.message_type[0].field[0].type == FieldDescriptorProto.TYPE_STRING
+
+    @pytest.mark.parametrize(
+        ("event", "message"),
+        [
+            ({"fan": 5}, "not a FanbaseEvent: Failed to parse fan field: expected string"),
+            ({"fann": "x"}, 'not a FanbaseEvent: Message type "fanbase.FanbaseEvent" has no field'),
+            ({"fan": ["a"]}, "not a FanbaseEvent: Failed to parse fan field"),
+        ],
+    )
+    def test_a_wrong_field_is_one_line_naming_it(self, event: Any, message: str) -> None:
+        stream = Stream("fanbase", FanbaseEvent)
+        assert stream.encode is not None
+        with pytest.raises(SerializationError) as raised:
+            stream.encode(event)
+        assert str(raised.value).startswith(message)
+        assert "\n" not in str(raised.value)
