@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
+from . import _diagram
 from ._events import EventBus, Listener
 from ._stages import (
     _NAME_OK,
@@ -287,20 +288,11 @@ class Pipeline:
 
     def to_mermaid(self) -> str:
         """The pipeline as a Mermaid flowchart (rendered by Jupyter, GitHub and most docs)."""
-        lines = ["flowchart LR"]
-        ids = {id(s): f"s{i}" for i, s in enumerate(self.stages)}
-        for stage in self.stages:
-            lines.append(f'    {ids[id(stage)]}["{_mermaid_text(stage.describe())}"]')
-        source, route = self.stages[0], self.route
-        if route is not None:
-            lines.append(f"    {ids[id(source)]} --> {ids[id(route)]}")
-            for q in self.queues:
-                lines.append(f"    {ids[id(route)]} --> {ids[id(q)]}")
-        for i, topic in enumerate(self.topics.values()):
-            label = _mermaid_text(f"{topic.name}: {topic.handler_name}")
-            lines.append(f'    t{i}(["{label}"])')
-            lines.append(f"    {ids[id(topic.queue)]} --> t{i}")
-        return "\n".join(lines)
+        return _diagram.mermaid([self])
+
+    def to_dot(self) -> str:
+        """The pipeline as a Graphviz digraph (``dot -Tsvg`` draws it)."""
+        return _diagram.dot([self])
 
     def _repr_markdown_(self) -> str:
         return f"```mermaid\n{self.to_mermaid()}\n```"
@@ -401,7 +393,3 @@ def _default_name(stages: tuple[Stage, ...]) -> str:
         else (f"{base}-{queues[0]}")
     )
     return re.sub(r"[^A-Za-z0-9_-]", "_", raw)
-
-
-def _mermaid_text(text: str) -> str:
-    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")

@@ -1,6 +1,7 @@
 """``flowline``: load ``module:attr`` and hand it to the runtime (arq / faststream style).
 
-One module per command (group): `worker`, `dlq`, `events`, `jobs`, `publish`, `status`. Each is
+One module per command (group): `worker`, `dlq`, `events`, `graph`, `jobs`, `publish`, `status`,
+`dashboard`. Each is
 thin: it parses options, builds `Settings`, and calls the runtime.
 """
 
@@ -21,6 +22,17 @@ def main() -> None:
 
 
 # Imported for their side effect: each registers its command on `main`.
-from . import dashboard, dlq, events, jobs, publish, status, worker  # noqa: E402
+from . import dashboard, dlq, events, graph, jobs, publish, status, worker  # noqa: E402
 
-__all__ = ["dashboard", "dlq", "events", "jobs", "load", "main", "publish", "status", "worker"]
+__all__ = [
+    "dashboard",
+    "dlq",
+    "events",
+    "graph",
+    "jobs",
+    "load",
+    "main",
+    "publish",
+    "status",
+    "worker",
+]
