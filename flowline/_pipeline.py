@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from .runtime.job import Handler
+    from .runtime.preview import Preview
     from .runtime.queues import QueueHandle
     from .runtime.runner import Runner
 
@@ -206,6 +207,21 @@ class Pipeline:
         self.bus.off(name, listener)
 
     # -- producing (needs a running `Runner`) ------------------------------------------------------
+
+    def preview(self, event: Any = None, *, sequence: int = 1) -> list[Preview]:
+        """The jobs the router makes of `event`, each with its id, queue and handler; no server.
+
+            >>> for job in pipeline.preview({"fan": "f1", "talent": "t1", "action": "followed"}):
+            ...     print(job.id, job.queue, job.handler, job.data)
+
+        `event` is what the router receives (for a protobuf Stream also a dict of the message's
+        fields, or its bytes; for a Cron a `CronTick`, default now). The ids use stream
+        sequence `sequence`. Raises what the stream side would: `RouteError`,
+        `UnknownTopicError`, `SerializationError`. See `flowline.runtime.preview`.
+        """
+        from .runtime.preview import preview
+
+        return preview(self, event, sequence=sequence)
 
     async def publish(self, event: Any, *, msg_id: str | None = None) -> int:
         """Publish `event` to this pipeline's stream, encoded with its decoder's type.
