@@ -1,7 +1,7 @@
 """``flowline``: load ``module:attr`` and hand it to the runtime (arq / faststream style).
 
-One module per command (group): `worker`, `dlq`, `events`, `graph`, `jobs`, `publish`, `status`,
-`dashboard`. Each is
+One module per command (group): `worker`, `dev`, `dlq`, `events`, `graph`, `jobs`, `publish`,
+`status`, `dashboard`. Each is
 thin: it parses options, builds `Settings`, and calls the runtime.
 """
 
@@ -22,10 +22,11 @@ def main() -> None:
 
 
 # Imported for their side effect: each registers its command on `main`.
-from . import dashboard, dlq, events, graph, jobs, publish, status, worker  # noqa: E402
+from . import dashboard, dev, dlq, events, graph, jobs, publish, status, worker  # noqa: E402
 
 __all__ = [
     "dashboard",
+    "dev",
     "dlq",
     "events",
     "graph",
