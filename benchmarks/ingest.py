@@ -63,8 +63,8 @@ async def _flowline(
     """
     from examples.fanbase.pipeline import router
     from flowline import Queue, Route, Settings, Stream
+    from flowline.runtime.connections import connect_nats, connect_redis
     from flowline.runtime.ingest import StreamIngest
-    from flowline.runtime.runner import connect_nats, connect_redis
     from flowline.runtime.scripts import Scripts
 
     observed = common.observe(metrics=metrics, logs=logs)

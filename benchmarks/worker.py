@@ -89,8 +89,8 @@ async def _flowline(
 ) -> dict[str, Any]:
     """flowline's `QueueWorker` with a no-op async handler, default concurrency and batch."""
     from flowline import Queue, Route, Settings, Stream
+    from flowline.runtime.connections import connect_redis
     from flowline.runtime.eventlog import EventLog, stream_key
-    from flowline.runtime.runner import connect_redis
     from flowline.runtime.scripts import Scripts
     from flowline.runtime.worker import QueueWorker
 

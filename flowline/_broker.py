@@ -51,12 +51,12 @@ from taskiq.message import TaskiqMessage
 from ._settings import Settings
 from .errors import JobError, JobTimeout, PipelineError, SerializationError
 from .runtime import jobs
+from .runtime.connections import connect_redis
 from .runtime.enqueue import Planned, write
 from .runtime.eventlog import EventLog
 from .runtime.job import JobContext, dumps, loads
 from .runtime.keys import GROUP
 from .runtime.registry import Presence
-from .runtime.runner import connect_redis
 from .runtime.scripts import Scripts, flat
 from .runtime.worker import QueueWorker, Running, consumer_name
 

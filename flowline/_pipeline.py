@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
-from . import _diagram
+from . import _binding, _diagram
 from ._events import EventBus, Listener
 from ._stages import (
     _NAME_OK,
     Backoff,
     Cron,
+    Job,
     Queue,
     Route,
     Source,
@@ -30,10 +31,10 @@ from .errors import PipelineError
 if TYPE_CHECKING:
     from datetime import timedelta
 
+    from ._binding import Bound
     from .runtime.job import Handler
     from .runtime.preview import Preview
     from .runtime.queues import QueueHandle
-    from .runtime.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Pipeline:
         self.name = _default_name(self.stages) if name is None else name
         self.topics: dict[str, Topic] = {}
         self.bus = EventBus(self.name)
-        self._runner: Runner | None = None
+        self._runner: Bound | None = None  # set by the runtime's Runner while it runs
 
     # -- building -------------------------------------------------------------------------------
 
@@ -219,9 +220,7 @@ class Pipeline:
         sequence `sequence`. Raises what the stream side would: `RouteError`,
         `UnknownTopicError`, `SerializationError`. See `flowline.runtime.preview`.
         """
-        from .runtime.preview import preview
-
-        return preview(self, event, sequence=sequence)
+        return _binding.local().preview(self, event, sequence=sequence)
 
     async def publish(self, event: Any, *, msg_id: str | None = None) -> int:
         """Publish `event` to this pipeline's stream, encoded with its decoder's type.
@@ -259,34 +258,19 @@ class Pipeline:
         Args:
             redis_url: where the queue lives; default ``FLOWLINE_REDIS_URL`` or localhost.
         """
-        from redis import Redis as SyncRedis
-
-        from ._settings import Settings
-        from ._stages import Job
-        from .runtime.enqueue import direct, write_sync
-
-        settings = Settings.from_env(redis_url=redis_url)
-        rows = direct(self, Job(topic, data, delay=delay, key=key, priority=priority))
-        client = SyncRedis.from_url(settings.redis_url, **settings.redis_connect_options())
-        try:
-            write_sync(client, rows)
-        finally:
-            client.close()
-        return rows[0].id
+        job = Job(topic, data, delay=delay, key=key, priority=priority)
+        return _binding.local().enqueue_sync(self, job, redis_url)
 
     def queue(self, name: str) -> QueueHandle:
         """A handle on one of this pipeline's queues (needs a running or connected `Runner`)."""
-        from .runtime.queues import QueueHandle
-
         for q in self.queues:
             if q.name == name:
-                redis = self._bound().redis
-                assert redis is not None
-                return QueueHandle(self, q, redis)
+                handle: QueueHandle = self._bound().queue_handle(self, q)
+                return handle
         names = ", ".join(q.name for q in self.queues) or "none"
         raise PipelineError(f"pipeline {self.name!r} has no Queue({name!r}); its queues: {names}")
 
-    def _bound(self) -> Runner:
+    def _bound(self) -> Bound:
         if self._runner is None:
             raise PipelineError(
                 f"pipeline {self.name!r} is not connected: use it inside "
@@ -312,6 +296,9 @@ class Pipeline:
 
     def _repr_markdown_(self) -> str:
         return f"```mermaid\n{self.to_mermaid()}\n```"
+
+
+Stage.chain = Pipeline  # what `a >> b` builds (see `Stage`)
 
 
 class Pipelines:

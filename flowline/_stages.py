@@ -86,12 +86,14 @@ class Stage:
     kind: str = "stage"
     name: str
 
-    def __rshift__(self, other: object) -> Pipeline:
-        from ._pipeline import Pipeline
+    # The class `a >> b` builds: `Pipeline`, which sets it when `_pipeline` is imported, so that
+    # this module, below it, needs no import of it.
+    chain: type[Pipeline]
 
-        if not isinstance(other, (Stage, Pipeline)):
+    def __rshift__(self, other: object) -> Pipeline:
+        if not isinstance(other, (Stage, self.chain)):
             return NotImplemented
-        return Pipeline((self, other))
+        return self.chain((self, other))
 
     def describe(self) -> str:
         """One line for `repr` and diagrams."""

@@ -6,8 +6,8 @@ import click
 
 from .._settings import Settings
 from ..errors import ConfigurationError
-from . import main
 from ._common import load_pipelines, nats_option, redis_option, run, tls_option
+from ._main import main
 
 
 @main.command()

@@ -23,8 +23,8 @@ from .._pipeline import Pipeline
 from .._settings import Settings
 from ..runtime.runner import Runner
 from ..servers import LocalServers
-from . import main
 from ._common import load_pipelines, run
+from ._main import main
 
 
 @main.command()

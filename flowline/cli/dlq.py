@@ -12,8 +12,8 @@ import click
 from .._settings import Settings
 from ..runtime import deadletters
 from ..runtime.runner import Runner
-from . import main
 from ._common import load_pipelines, nats_option, redis_option, run, tls_option
+from ._main import main
 
 
 @main.group()

@@ -15,9 +15,9 @@ import click
 from .._settings import Settings
 from ..errors import FlowlineError
 from ..runtime import eventlog
-from ..runtime.runner import connect_redis
-from . import main
+from ..runtime.connections import connect_redis
 from ._common import load_pipelines, nats_option, redis_option, run, tls_option
+from ._main import main
 
 
 @main.command()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from .. import _diagram
-from . import main
 from ._common import load_pipelines
+from ._main import main
 
 
 @main.command()

@@ -10,11 +10,11 @@ import click
 
 from .._settings import Settings
 from ..runtime import jobs as inspection
+from ..runtime.connections import connect_redis
 from ..runtime.deadletters import DeadLetter
 from ..runtime.jobs import JobInfo
-from ..runtime.runner import connect_redis
-from . import main
 from ._common import load_pipelines, nats_option, redis_option, run, tls_option
+from ._main import main
 
 DEFAULT_LIMIT = 20
 

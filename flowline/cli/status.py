@@ -18,8 +18,8 @@ from rich.text import Text
 
 from .._settings import Settings
 from ..runtime.status import StatusReader
-from . import main
 from ._common import load_pipelines, nats_option, redis_option, run, tls_option
+from ._main import main
 
 
 @main.command()

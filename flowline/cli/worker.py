@@ -7,8 +7,8 @@ import click
 from .. import _logging
 from .._settings import Settings
 from ..runtime.runner import Runner
-from . import main
 from ._common import load, nats_option, redis_option, run, tls_option
+from ._main import main
 
 
 @main.command()

@@ -16,7 +16,8 @@ from .._pipeline import Pipeline
 from .._settings import Settings
 from ..errors import ConfigurationError
 from ..observability.http import HttpEndpoint
-from ..runtime.runner import connect, ping_redis
+from ..runtime.connections import ping_redis
+from ..runtime.runner import connect
 from ..runtime.status import StatusReader
 from .app import Dashboard, create_app
 from .security import Auth

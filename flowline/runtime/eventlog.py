@@ -52,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._events import LIFECYCLE, Event, matches
 from .._settings import Settings
 from ..errors import ConfigurationError
+from .connections import connect_redis
 from .job import JobContext
 
 if TYPE_CHECKING:
@@ -595,9 +596,6 @@ async def listen(
         ConfigurationError: a name the log does not record, a bad `since`, or Redis
             unreachable at the start.
     """
-    # The runner imports this module (for the writer): its connect is imported when needed.
-    from .runner import connect_redis
-
     check_names(names)
     check_since(since)
     name = pipeline if isinstance(pipeline, str) else pipeline.name

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .._stages import Cron, Stream
 from ..errors import FlowlineError
 from . import registry
+from .connections import connect_nats, connect_redis
 from .cron import next_tick
 from .ingest import stream_name_for
 from .inspect import cron_marks, queue_states, stream_state
@@ -91,8 +92,6 @@ class StatusReader:
         }
 
     async def _connect_redis(self) -> str:
-        from .runner import connect_redis
-
         if self._redis is not None:
             return "ok"
         try:
@@ -103,8 +102,6 @@ class StatusReader:
         return "ok"
 
     async def _connect_nats(self) -> str:
-        from .runner import connect_nats
-
         if not self.needs_nats:
             return "not used"
         if self._nc is not None and self._nc.is_connected:

@@ -1,0 +1,97 @@
+"""Connecting to the servers: NATS and Redis clients configured the one way flowline uses them."""
+
+from __future__ import annotations
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from .._settings import Settings, redact
+from ..errors import ConfigurationError
+
+log = structlog.get_logger("flowline.connections")
+
+# How long a command waits for a pooled connection before it fails like a Redis outage would.
+POOL_WAIT = 30.0
+
+
+async def connect_nats(settings: Settings) -> NATS:
+    """A NATS connection that reconnects forever; credentials never reach the logs."""
+    nc: NATS | None = None
+
+    async def on_error(exc: Exception) -> None:
+        if nc is None:
+            return  # still connecting: a failure to connect is raised below, once
+        log.warning("nats error", error=repr(exc))
+
+    async def on_disconnect() -> None:
+        if nc is not None and (nc.is_closed or nc.is_draining):
+            return
+        log.warning("nats disconnected; reconnecting", url=redact(settings.nats_url))
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", url=redact(settings.nats_url))
+
+    try:
+        nc = await nats.connect(
+            servers=[u.strip() for u in settings.nats_url.split(",")],
+            name="flowline",
+            # A few attempts at start, so wrong credentials or URLs fail instead of hanging...
+            max_reconnect_attempts=3,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            **settings.nats_connect_options(),
+        )
+        # ...then, once connected, reconnect forever: a NATS restart must never stop a worker.
+        nc.options["max_reconnect_attempts"] = -1
+        return nc
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot connect to NATS at {redact(settings.nats_url)}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+async def connect_redis(
+    settings: Settings, max_connections: int = 32, *, check: bool = True
+) -> Redis:
+    """A Redis client, checked with PING so a wrong URL fails at start, not mid-stream.
+
+    Without `check` no connection is made until the first command (redis-py connects lazily):
+    a process that may never need Redis does not fail for want of it.
+
+    Its pool is a blocking one: past `max_connections` (or ``settings.redis_max_connections``)
+    a command waits for a free connection instead of failing, so no number of queues, handlers
+    or concurrent enqueues can make flowline's own Redis calls fail for want of connections.
+    """
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections or max_connections,
+        timeout=POOL_WAIT,
+        health_check_interval=10,
+        socket_keepalive=True,
+        retry_on_timeout=True,
+        **settings.redis_connect_options(),
+    )
+    redis = Redis.from_pool(pool)
+    if check:
+        try:
+            await ping_redis(redis, settings)
+        except ConfigurationError:
+            await redis.aclose()
+            raise
+    return redis
+
+
+async def ping_redis(redis: Redis, settings: Settings) -> None:
+    """PING `redis`; raises `ConfigurationError` naming the (redacted) URL if it fails."""
+    try:
+        await redis.ping()
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot connect to Redis at {redact(settings.redis_url)}: {type(exc).__name__}: {exc}"
+        ) from None
