@@ -48,7 +48,10 @@ it mostly waited for a server.
 Redis runs with AOF and ``appendfsync everysec`` here, though `LocalServers` defaults to
 ``always``: with ``always`` every write waits for the disk's fsync, so the figures measure the
 disk (and whatever else writes to it) more than the code. ``--redis-fsync always`` measures
-that setting anyway; the mode in force is printed with the machine's context.
+that setting anyway; the mode in force is printed with the machine's context. Every side starts
+from a freshly rewritten AOF, with automatic rewrites held off (`common.compact`): a rewrite forks
+and writes the dataset on a core the sides share, and otherwise falls on whichever side happens
+to push the file past its threshold.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ async def prepare(nats_url: str, redis_url: str, jobs: int) -> None:
     if stored != jobs:
         raise RuntimeError(f"prefilled {stored} jobs, not {jobs}")
     await redis.aclose()
+    await common.compact(redis_url)
 
 
 async def _acked(redis: Redis, stream: str, group: str) -> None:
