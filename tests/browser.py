@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT, missing
+
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 CHROMEDRIVER = ("chromedriver", "/usr/lib/chromium/chromedriver")
 # No network but ours: the browser must never try to reach the internet (there is none in CI).
@@ -58,12 +59,7 @@ def _find(names: tuple[str, ...]) -> str | None:
 
 
 def _missing(what: str) -> None:
-    message = f"{what}: the browser tests need Debian's chromium and chromium-driver"
-    if os.environ.get("CI"):
-        pytest.fail(
-            f"{message}; .ci/run installs them with apt (apt-get install chromium chromium-driver)"
-        )
-    pytest.skip(message)
+    missing(f"{what}: the browser tests need Debian's chromium and chromium-driver")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import nats
 import pytest
@@ -22,6 +22,34 @@ from flowline import Settings
 from flowline.servers import LocalServers
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def flowline_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m flowline ARGS`` from the repository root, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "flowline", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def missing(what: str) -> NoReturn:
+    """Skip the test on a developer's machine; fail it in CI, where `.ci/run` installs `what`."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what}; .ci/run installs it")
+    pytest.skip(what)
+
+
+def require(binary: str | None, name: str) -> str:
+    """`binary` if found; else `missing`."""
+    if binary is None:
+        missing(f"{name} is not installed")
+    return binary
 
 
 @pytest.fixture(scope="session")

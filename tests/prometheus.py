@@ -9,7 +9,6 @@ The helpers are synchronous and use only urllib: a test calls them between its o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -18,8 +17,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from flowline.servers import free_port
 
@@ -34,15 +31,6 @@ def prometheus_binary() -> str | None:
 def promtool_binary() -> str | None:
     """The ``promtool`` executable on PATH, if any (Debian ships it with ``prometheus``)."""
     return shutil.which("promtool")
-
-
-def require(binary: str | None, name: str) -> str:
-    """`binary` if found; else skip the test, or fail it in CI, where it must be installed."""
-    if binary is not None:
-        return binary
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is not installed; .ci/run installs it")
-    pytest.skip(f"{name} is not installed")
 
 
 class PrometheusServer:

@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
 from flowline.runtime.keys import QueueKeys, stream_dead_letters
 
-from .conftest import ROOT, eventually, runs
+from .conftest import eventually, flowline_cli, runs
 
 APP = "tests.apps.recorder:pipeline"
 Q = QueueKeys("recorder")
 
 
 def cli(servers, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flowline", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **servers.env(), "PYTHONPATH": str(ROOT), **(env or {})},
-    )
+    return flowline_cli(*args, env={**servers.env(), **(env or {})})
 
 
 async def run_cli(servers, *args: str, env: dict[str, str] | None = None):

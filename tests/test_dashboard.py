@@ -36,7 +36,7 @@ from flowline.servers import LocalServers
 
 from . import browser as _browser
 from .browser import Browser
-from .conftest import ROOT, eventually, runs
+from .conftest import ROOT, eventually, flowline_cli, runs
 
 chrome = _browser.chrome  # the session's Chromium, a fixture
 
@@ -153,14 +153,7 @@ def request(
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flowline", "dashboard", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-    )
+    return flowline_cli("dashboard", *args, env=env)
 
 
 async def bury(redis: Any, job_id: str, topic: str = "record", data: Any = None) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from examples.fanbase.fanbase_pb2 import FanbaseEvent
 
-from .conftest import ROOT
+from .conftest import ROOT, flowline_cli
 
 
 class Dev:
@@ -125,13 +125,7 @@ async def test_runs_on_its_own_servers_shows_jobs_and_stops_them(dev: list[Dev])
 
 
 def test_a_bad_target_is_one_line_and_starts_no_server() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "flowline", "dev", "nope.nothing:app"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = flowline_cli("dev", "nope.nothing:app")
     assert r.returncode == 1
     assert r.stdout == ""
     assert r.stderr.strip() == "Error: cannot import 'nope.nothing': No module named 'nope'"

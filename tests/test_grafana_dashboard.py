@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from flowline.observability.metrics import Metrics, ServerSnapshot
-from tests.prometheus import promtool_binary, require
+from tests.conftest import require
+from tests.prometheus import promtool_binary
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "examples" / "grafana" / "flowline.json"
 

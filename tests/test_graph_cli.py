@@ -8,11 +8,9 @@ artifact beside the dashboard's screenshots.
 from __future__ import annotations
 
 import html
-import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -20,20 +18,13 @@ from examples.fanbase.channels import app
 from flowline import Queue, Route, Stream
 
 from .browser import artifacts
-from .conftest import ROOT
+from .conftest import flowline_cli, require
 
 TARGET = "examples.fanbase.channels:app"
 
 
 def graph(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flowline", "graph", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return flowline_cli("graph", *args)
 
 
 def labels() -> set[str]:
@@ -65,12 +56,7 @@ def test_one_pipeline_prints_what_to_mermaid_gives() -> None:
 
 
 def test_dot_is_drawn_by_graphviz(tmp_path) -> None:
-    dot = shutil.which("dot")
-    if dot is None:
-        message = "dot not found: the diagram test needs Graphviz (apt-get install graphviz)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; .ci/run installs it")
-        pytest.skip(message)
+    dot = require(shutil.which("dot"), "dot (Graphviz)")
     r = graph(TARGET, "--format", "dot")
     assert r.returncode == 0, r.stderr
     svg = subprocess.run([dot, "-Tsvg"], input=r.stdout, capture_output=True, text=True)

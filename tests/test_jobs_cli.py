@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +17,7 @@ from flowline.runtime.keys import QueueKeys, stream_dead_letters
 from flowline.servers import LocalServers, free_port
 from tests.apps import recorder
 
-from .conftest import ROOT, eventually
+from .conftest import eventually, flowline_cli
 
 APP = "tests.apps.recorder:pipeline"
 Q = QueueKeys("recorder")
@@ -31,17 +29,6 @@ LETTER_KEYS = {
     *("id", "kind", "stage", "job_id", "queue", "topic", "message", "attempts", "error"),
     *("traceback", "failed_at"),
 }
-
-
-def flowline_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "flowline", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-    )
 
 
 async def cli(servers: LocalServers, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -25,8 +25,8 @@ from flowline.observability.metrics import BUCKETS, Histogram, Metrics
 from flowline.runtime.ingest import ensure_stream
 from flowline.servers import LocalServers, free_port
 
-from .conftest import ROOT, eventually
-from .prometheus import PrometheusServer, prometheus_binary, require
+from .conftest import ROOT, eventually, require
+from .prometheus import PrometheusServer, prometheus_binary
 
 APP = "tests.apps.observed_app:pipeline"
 TOPICS = ("a", "b", "c", "d")

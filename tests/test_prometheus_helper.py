@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from tests.prometheus import PrometheusServer, prometheus_binary, require
+from tests.conftest import require
+from tests.prometheus import PrometheusServer, prometheus_binary
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from flowline.runtime.keys import QueueKeys
 from flowline.runtime.scripts import Scripts
 from flowline.servers import LocalServers
 
-from .conftest import ROOT, eventually
+from .conftest import eventually, flowline_cli
 
 REDIS_SECRET = "r3dis-s3cret"
 NATS_SECRET = "n4ts-s3cret"
@@ -163,16 +162,7 @@ async def test_pickled_payload_is_never_unpickled(worker, redis, tmp_path):
 
 class TestConfigurationErrors:
     def run_cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        import os
-
-        return subprocess.run(
-            [sys.executable, "-m", "flowline", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-            timeout=30,
-        )
+        return flowline_cli(*args, env=env, timeout=30)
 
     def test_target_without_colon(self):
         """A target that is not MODULE:ATTR is refused with an example of the right form."""
