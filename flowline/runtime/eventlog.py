@@ -145,10 +145,10 @@ def encode(event: RawEvent) -> bytes:
     """
     name, stage, seq, at_ns, data = event
     try:
-        text = _dumps(event, default=_view)
+        text = _fast(event)
     except orjson.JSONEncodeError:
         try:
-            text = _dumps(event, default=_view, option=_NON_STR_KEYS)
+            text = _fast(event, option=_NON_STR_KEYS)
         except orjson.JSONEncodeError:
             text = _dumps((name, stage, seq, at_ns, {k: _repr(v) for k, v in data.items()}))
     if len(text) > MAX_EVENT:
@@ -345,7 +345,7 @@ class EventLog:
 
     async def _flush(self) -> None:
         """Append, for each pipeline with events buffered, an entry of its oldest ones."""
-        for pipeline, buffer in self._buffers.items():
+        for pipeline, buffer in list(self._buffers.items()):  # awaits: a copy to iterate
             if buffer:
                 await self._flush_one(pipeline, buffer)
 
