@@ -67,6 +67,30 @@ async def test_dlq_list_replay_and_purge(worker, servers, js, redis):
     assert after.stdout.strip() == ""
 
 
+async def test_one_entry_id_in_two_stores_names_neither_alone(servers, redis):
+    """Ids are per Redis stream: when a queue's and the stream side's dead letters share one,
+    list qualifies both, and a bare id is refused rather than replaying or purging both."""
+    record = {"kind": "job", "stage": "job", "queue": "recorder", "topic": "t", "error": "e"}
+    stream_store = stream_dead_letters("recorder-recorder").dead
+    for store in (Q.dead, stream_store):
+        await redis.xadd(store, {"id": "x", "record": json.dumps(record)}, id="5-0")
+    listed = await run_cli(servers, "dlq", "list", APP, "--json")
+    assert listed.returncode == 0, listed.stderr
+    ids = sorted(json.loads(line)["id"] for line in listed.stdout.splitlines())
+    assert ids == sorted([f"5-0@{Q.dead}", f"5-0@{stream_store}"])
+
+    bare = await run_cli(servers, "dlq", "purge", APP, "5-0")
+    assert bare.returncode == 1
+    assert bare.stderr.strip() == (
+        f"Error: dead letter id 5-0 is in several stores; give one of: 5-0@{stream_store}, "
+        f"5-0@{Q.dead}"
+    )
+    assert await redis.xlen(Q.dead) == await redis.xlen(stream_store) == 1  # nothing purged
+    one = await run_cli(servers, "dlq", "purge", APP, f"5-0@{Q.dead}", f"5-0@{Q.dead}")
+    assert one.stdout.strip() == "purged 1", one.stderr
+    assert (await redis.xlen(Q.dead), await redis.xlen(stream_store)) == (0, 1)
+
+
 async def test_replayed_message_goes_back_through_the_stream(worker, servers, js, redis):
     """A dead-lettered message, replayed after the cause is fixed, is routed and its jobs run."""
     proc = worker(APP, env={"FLOWLINE_TEST_MAX_DELIVER": "1"})

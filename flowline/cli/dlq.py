@@ -6,6 +6,7 @@ Listing and purging need Redis only; replaying connects to NATS only for a strea
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import click
 
@@ -36,30 +37,54 @@ def dlq_list(
     async def go() -> None:
         settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
         async with Runner(pipelines, settings, only=()) as app:
-            for p in pipelines:
-                for letter in await app.dead_letters(p):
-                    rec = letter.record
-                    if as_json:
-                        click.echo(json.dumps({"id": letter.id, "pipeline": p.name, **rec}))
-                    else:
-                        what = rec.get("topic") or f"{rec.get('subject')}#{rec.get('sequence')}"
-                        click.echo(
-                            f"{letter.id}  {p.name}  {rec['stage']:<7} {what}  "
-                            f"attempts={rec.get('attempts')}  {rec['error']}"
-                        )
+            owned = [(p, x) for p in pipelines for x in await app.dead_letters(p)]
+            names = _handles([x for _, x in owned])
+            for (p, letter), handle in zip(owned, names, strict=True):
+                rec = letter.record
+                if as_json:
+                    click.echo(json.dumps({"id": handle, "pipeline": p.name, **rec}))
+                else:
+                    what = rec.get("topic") or f"{rec.get('subject')}#{rec.get('sequence')}"
+                    click.echo(
+                        f"{handle}  {p.name}  {rec['stage']:<7} {what}  "
+                        f"attempts={rec.get('attempts')}  {rec['error']}"
+                    )
 
     run(go)
+
+
+def _handles(letters: list[deadletters.DeadLetter]) -> list[str]:
+    """A name for each letter: its entry id, or ``<entry id>@<store>`` where another store
+    holds an entry of the same id (ids are per Redis stream: two written in one millisecond
+    to two stores can share one)."""
+    seen = Counter(x.id for x in letters)
+    return [x.id if seen[x.id] == 1 else f"{x.id}@{x.store}" for x in letters]
 
 
 def _select(
     letters: list[deadletters.DeadLetter], ids: tuple[str, ...], all_: bool
 ) -> list[deadletters.DeadLetter]:
+    """The letters `ids` name (an entry id, or ``<entry id>@<store>`` as the dashboard and
+    ``dlq list`` give them), or all; an id several stores share is refused, never both taken."""
     if not ids and not all_:
         raise click.UsageError("name dead-letter ids, or pass --all")
-    chosen = letters if all_ else [x for x in letters if x.id in ids]
-    missing = set(ids) - {x.id for x in chosen}
-    if missing:
-        raise click.ClickException(f"no dead letter with id {sorted(missing)[0]}")
+    if all_:
+        return letters
+    by_name: dict[str, list[deadletters.DeadLetter]] = {}
+    for x in letters:
+        by_name.setdefault(x.id, []).append(x)
+        by_name.setdefault(f"{x.id}@{x.store}", []).append(x)
+    chosen = []
+    for name in ids:
+        found = by_name.get(name, [])
+        if not found:
+            raise click.ClickException(f"no dead letter with id {name}")
+        if len(found) > 1:
+            options = ", ".join(f"{x.id}@{x.store}" for x in found)
+            raise click.ClickException(
+                f"dead letter id {name} is in several stores; give one of: {options}"
+            )
+        chosen += [x for x in found if x not in chosen]
     return chosen
 
 
