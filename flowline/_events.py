@@ -24,7 +24,7 @@ _now = time.time_ns
 
 Listener = Callable[["Event"], Awaitable[None] | None]
 # A lifecycle event as a sink receives it: (name, stage, seq, time ns, data), seq counting the
-# bus's recorded events from 1. The sink must not raise; `deque.append` is one.
+# bus's recorded events from 1. The sink must not raise (the event log's catches what it could).
 RawEvent = tuple[str, str, int, int, dict[str, Any]]
 Sink = Callable[[RawEvent], None]
 

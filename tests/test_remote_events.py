@@ -9,10 +9,12 @@ import json
 import os
 import signal
 import sys
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -176,7 +178,8 @@ class TestWriter:
         with capture_logs() as logs, pytest.raises(RedisConnectionError):
             await log.flush()
         assert (log.dropped, log.buffered) == (15, 10)
-        assert log._buffers[pipeline.name][0][4]["id"] == "15"  # the oldest kept, in order
+        kept = orjson.loads(b"[" + log._buffers[pipeline.name].pieces[0][1] + b"]")
+        assert [e[4]["id"] for e in kept] == [str(i) for i in range(15, 25)]  # newest, in order
         assert [x["event"] for x in logs] == [
             "event log buffer full: oldest events dropped (Redis slow or unreachable)"
         ]
@@ -205,6 +208,28 @@ class TestWriter:
         assert results[140] == {"2": "b"}
         assert all(results[i] == i for i in range(200) if i not in odd)
         assert log.written == 200
+        await log.close()
+
+    async def test_entries_are_compressed_and_plain_ones_still_read(self, redis: Redis) -> None:
+        """A flush writes its events zlib-compressed; an entry of plain JSON (no ``encoding``,
+        as flowline 0.1 wrote) reads the same."""
+        pipeline = Stream("z", bytes) >> Route(lambda e: []) >> Queue("z")
+        log = EventLog(redis, "proc", 100)
+        log.attach([pipeline])
+        for i in range(300):
+            pipeline.bus.emit("job:complete", "job", id=str(i), topic="t", result=None)
+        await log.flush()
+        [(_, fields)] = await redis.xrange(stream_key(pipeline.name))
+        assert fields[b"encoding"] == b"zlib"
+        plain = orjson.loads(zlib.decompress(fields[b"events"]))
+        assert len(fields[b"events"]) * 5 < len(orjson.dumps(plain))  # repetitive: compresses
+        old = [["job:complete", "job", 301, 1_764_600_000_000_000_000, {"id": "old"}]]
+        await redis.xadd(
+            stream_key(pipeline.name), {"process": "v0.1", "count": 1, "events": orjson.dumps(old)}
+        )
+        kept = await recorded(redis, pipeline.name)
+        assert [r.event.data["id"] for r in kept] == [*map(str, range(300)), "old"]
+        assert kept[-1].process == "v0.1"
         await log.close()
 
     async def test_retention_trims_the_stream_to_about_n_events(self, redis: Redis) -> None:
