@@ -91,6 +91,24 @@ async def test_one_entry_id_in_two_stores_names_neither_alone(servers, redis):
     assert (await redis.xlen(Q.dead), await redis.xlen(stream_store)) == (0, 1)
 
 
+async def test_replay_by_qualified_id_replays_that_letter_alone(servers, redis):
+    """`dlq replay ID@STORE` replays only the letter of that store: the job goes back on its
+    queue; the stream message of the same id stays, and NATS, which only it needs, is not
+    reached (it is down here)."""
+    job = {"kind": "job", "stage": "job", "queue": "recorder", "job_id": "j1", "topic": "record",
+           "data": "{}", "error": "e"}  # fmt: skip
+    message = {"kind": "message", "stage": "decode", "subject": "recorder", "stream": "recorder",
+               "sequence": 1, "payload_b64": "", "error": "e"}  # fmt: skip
+    stream_store = stream_dead_letters("recorder-recorder").dead
+    await redis.xadd(Q.dead, {"id": "j1", "record": json.dumps(job)}, id="5-0")
+    await redis.xadd(stream_store, {"id": "m", "record": json.dumps(message)}, id="5-0")
+    down = {"FLOWLINE_NATS_URL": "nats://127.0.0.1:1"}
+    replayed = await run_cli(servers, "dlq", "replay", APP, f"5-0@{Q.dead}", env=down)
+    assert replayed.stdout.strip() == "replayed 1", replayed.stderr
+    assert await redis.hget(Q.job("j1"), "state") == b"queued"
+    assert (await redis.xlen(Q.dead), await redis.xlen(stream_store)) == (0, 1)
+
+
 async def test_replayed_message_goes_back_through_the_stream(worker, servers, js, redis):
     """A dead-lettered message, replayed after the cause is fixed, is routed and its jobs run."""
     proc = worker(APP, env={"FLOWLINE_TEST_MAX_DELIVER": "1"})

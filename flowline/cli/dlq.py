@@ -110,8 +110,9 @@ def dlq_replay(
         settings = Settings.from_env(nats_url=nats_url, redis_url=redis_url, tls_ca=tls_ca)
         async with Runner(pipelines, settings, only=()) as app:
             letters = [(p, x) for p in pipelines for x in await app.dead_letters(p)]
-            chosen = {x.id for x in _select([x for _, x in letters], ids, all_)}
-            picked = [(p, x) for p, x in letters if x.id in chosen]
+            chosen = _select([x for _, x in letters], ids, all_)
+            # By the letter, not its id: two stores may hold entries of one id.
+            picked = [(p, x) for p, x in letters if any(x is c for c in chosen)]
             # A job goes back to its queue through Redis alone: NATS only for a stream message,
             # connected before replaying anything, so an unreachable NATS replays nothing.
             needs_nats = any(x.kind != "job" for _, x in picked)
