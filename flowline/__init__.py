@@ -1,6 +1,7 @@
 """flowline: composable ``Stream >> Route >> Queue`` pipelines on NATS JetStream and Redis."""
 
 from ._broker import FlowlineBroker, compile_broker
+from ._chain import Branch, Chain
 from ._events import Event
 from ._pipeline import Pipeline, Pipelines
 from ._settings import Settings
@@ -29,6 +30,8 @@ from .runtime.runner import Runner, connect
 __all__ = [
     # describing pipelines
     "Backoff",
+    "Branch",
+    "Chain",
     "Cron",
     "CronTick",
     "Job",

@@ -18,14 +18,21 @@ from .errors import FlowlineError
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
-    from ._stages import Job, Queue
+    from ._stages import Job, Queue, Source
 
 
 class Bound(Protocol):
     """A runner a pipeline is bound to: publishes its events and enqueues its jobs."""
 
-    async def publish(self, pipeline: Pipeline, event: Any, *, msg_id: str | None = None) -> int:
-        """Put `event` on the pipeline's stream; returns its stream sequence."""
+    async def publish(
+        self,
+        pipeline: Pipeline,
+        event: Any,
+        *,
+        msg_id: str | None = None,
+        subject: str | None = None,
+    ) -> int:
+        """Put `event` on the pipeline's stream (the one on `subject`); returns its sequence."""
         ...
 
     async def enqueue(
@@ -49,7 +56,9 @@ class Bound(Protocol):
 class Local(Protocol):
     """What a pipeline does without a runner."""
 
-    def preview(self, pipeline: Pipeline, event: Any, *, sequence: int) -> list[Any]:
+    def preview(
+        self, pipeline: Pipeline, event: Any, *, sequence: int, source: Source | str | None
+    ) -> list[Any]:
         """The jobs the router makes of `event` (`flowline.runtime.preview.Preview` each)."""
         ...
 

@@ -61,7 +61,8 @@ from .runtime.scripts import Scripts, flat
 from .runtime.worker import QueueWorker, Running, consumer_name
 
 if TYPE_CHECKING:
-    from ._pipeline import Pipeline, Topic
+    from ._chain import Topic
+    from ._pipeline import Pipeline
     from ._stages import Queue
 
 log = structlog.get_logger("flowline.taskiq")
@@ -375,7 +376,7 @@ class FlowlineResultBackend(AsyncResultBackend[Any]):
 
     async def _job(self, task_id: str) -> jobs.JobInfo | None:
         worker = await self.broker._connect()
-        queue = {self.broker.queue.name: jobs.subject_of(self.broker.pipeline)}
+        queue = {self.broker.queue.name: jobs.subjects_of(self.broker.pipeline)}
         found = await jobs.find(worker.redis, queue, task_id)
         return found[0] if found else None
 

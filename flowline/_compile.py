@@ -57,7 +57,8 @@ def compile_plan(target: object, only: Iterable[str] | None = None) -> Plan:
             if q.name in owners:
                 raise PipelineError(
                     f"Queue({q.name!r}) is used by pipelines {owners[q.name]!r} and {p.name!r}; "
-                    f"a queue belongs to one pipeline"
+                    f"a queue belongs to one pipeline: feed it from both sources in one, "
+                    f"(source_a >> Route(a) | source_b >> Route(b)) >> Queue({q.name!r})"
                 )
             owners[q.name] = p.name
     wanted = {"stream", "cron", "queue"} if only is None else set(only)
@@ -70,11 +71,11 @@ def compile_plan(target: object, only: Iterable[str] | None = None) -> Plan:
         )
     streams, crons, queues = [], [], []
     for p in pipelines:
-        src = p.source
-        if isinstance(src, Stream) and "stream" in wanted:
-            streams.append((p, src))
-        if isinstance(src, Cron) and "cron" in wanted:
-            crons.append((p, src))
+        for src in p.sources:
+            if isinstance(src, Stream) and "stream" in wanted:
+                streams.append((p, src))
+            if isinstance(src, Cron) and "cron" in wanted:
+                crons.append((p, src))
         for q in p.queues:
             if "queue" in wanted or f"queue:{q.name}" in wanted:
                 if not any(t.queue is q for t in p.topics.values()):

@@ -1,9 +1,9 @@
 """Diagrams of pipelines: their nodes and edges found once, written as Mermaid or Graphviz DOT.
 
-A pipeline is drawn left to right: each stage (source, route, queues) a box, each topic a
-rounded node under its queue, labelled ``topic: handler``. Several pipelines (a `Pipelines`
-target) are one diagram with a group per pipeline. `Pipeline.to_mermaid` (Jupyter renders
-it) and ``flowline graph`` both use this module.
+A pipeline is drawn left to right: each stage (its sources, their routes, the queues) a box,
+each topic a rounded node under its queue, labelled ``topic: handler``. Several pipelines (a
+`Pipelines` target) are one diagram with a group per pipeline. `Pipeline.to_mermaid` (Jupyter
+renders it) and ``flowline graph`` both use this module.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ def graph(pipeline: Pipeline, prefix: str = "") -> Graph:
     """The nodes and edges of `pipeline`, their ids starting with `prefix`."""
     ids = {id(s): f"{prefix}s{i}" for i, s in enumerate(pipeline.stages)}
     edges = []
-    source, route = pipeline.stages[0], pipeline.route
-    if route is not None:
-        edges.append((ids[id(source)], ids[id(route)]))
+    for branch in pipeline.branches:  # each source to its route (routes may be shared)
+        if branch.route is not None:
+            edges.append((ids[id(branch.source)], ids[id(branch.route)]))
+    for route in pipeline.routes:  # every route feeds every queue
         edges += [(ids[id(route)], ids[id(q)]) for q in pipeline.queues]
     return Graph(
         pipeline.name,

@@ -7,72 +7,59 @@ onto NATS and Redis and runs it. It is also the event bus users listen on.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import _binding, _diagram
+from ._chain import Assembly, Branch, Chain, Join
 from ._events import EventBus, Listener
-from ._stages import (
-    _NAME_OK,
-    Backoff,
-    Cron,
-    Job,
-    Queue,
-    Route,
-    Source,
-    Stage,
-    Stream,
-    label_from_callable,
-    seconds,
-)
+from ._stages import _NAME_OK, Cron, Job, Route, Source, Stage, Stream
 from .errors import PipelineError
 
 if TYPE_CHECKING:
-    from datetime import timedelta
-
     from ._binding import Bound
-    from .runtime.job import Handler
     from .runtime.preview import Preview
     from .runtime.queues import QueueHandle
 
 
-@dataclass(frozen=True)
-class Topic:
-    """A dequeued topic: its handler, its queue and its failure policy."""
+class Pipeline(Assembly):
+    """Sources, each with its `Route`, then the `Queue` s their jobs share, and the handlers.
 
-    name: str
-    handler: Handler
-    queue: Queue
-    retries: int
-    backoff: Backoff
-    timeout: float | None
+    ``Stream >> Route >> Queue`` is a pipeline of one source. Sources joined with ``|`` make
+    one pipeline that several sources feed, one queue and its handlers for all of them::
 
-    @property
-    def handler_name(self) -> str:
-        return label_from_callable(self.handler)
+        follows = Stream("fanbase", FanbaseEvent) >> Route(route_follows)
+        digest = Cron("0 9 * * *", topic="daily-digest") >> Route(route_digest)
+        pipeline = (follows | digest) >> Queue("email")
 
+    It has one name, one event bus and one event log, whatever its number of sources.
+    """
 
-class Pipeline:
-    """Stages chained with ``>>``: one source, one `Route`, then one or more `Queue` s."""
-
-    def __init__(self, stages: Sequence[Stage | Pipeline], *, name: str | None = None) -> None:
-        self.stages: tuple[Stage, ...] = tuple(_flatten(stages))
-        _check_order(self.stages)
+    def __init__(
+        self, stages: Sequence[Stage | Assembly | Join], *, name: str | None = None
+    ) -> None:
+        if not stages:
+            raise PipelineError("a pipeline needs at least a Stream (or Cron)")
+        super().__init__(stages)
+        if not self.branches:
+            first = self.stages[0]
+            raise PipelineError(
+                f"{first.describe()} has no source: a pipeline starts with a Stream or a Cron, "
+                f"e.g. Stream('subject', Event) >> {first.describe()}"
+            )
         if name is not None and not _NAME_OK.match(name):
             # The name is the JetStream durable consumer's, which NATS refuses with '.', ' ', '*'.
             raise PipelineError(
                 f"Pipeline name {name!r} may hold only letters, digits, '-' and '_'"
             )
-        self.name = _default_name(self.stages) if name is None else name
-        self.topics: dict[str, Topic] = {}
+        self.name = _default_name(self) if name is None else name
         self.bus = EventBus(self.name)
         self._runner: Bound | None = None  # set by the runtime's Runner while it runs
 
     # -- building -------------------------------------------------------------------------------
 
     def __rshift__(self, other: object) -> Pipeline:
-        if not isinstance(other, (Stage, Pipeline)):
+        if not isinstance(other, (Stage, Assembly)):
             return NotImplemented
         return Pipeline((self, other))
 
@@ -81,117 +68,111 @@ class Pipeline:
             return NotImplemented
         return Pipeline((other, self))
 
+    def __or__(self, other: object) -> Pipeline:
+        """These sources and `other`'s (a source, or sources with their routes) in one pipeline."""
+        if isinstance(other, Source):
+            other = Pipeline((other,))
+        if not isinstance(other, Pipeline):
+            return NotImplemented
+        return Pipeline((self, Join(other)))
+
     def named(self, name: str) -> Pipeline:
         """A copy of this pipeline called `name` (it names the JetStream durable consumer)."""
-        if self.topics:
+        if self._own:
             raise PipelineError("name a pipeline before registering handlers on it")
-        return Pipeline(self.stages, name=name)
+        return Pipeline((self,), name=name)
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """Every source, in order."""
+        return tuple(b.source for b in self.branches)
 
     @property
     def source(self) -> Source:
-        first = self.stages[0]
-        assert isinstance(first, Source)  # guaranteed by _check_order
-        return first
+        """The source of a pipeline that has one (see `branches` for several)."""
+        if len(self.branches) > 1:
+            raise PipelineError(
+                f"pipeline {self.name!r} has {len(self.branches)} sources "
+                f"({', '.join(s.describe() for s in self.sources)}); see pipeline.branches"
+            )
+        return self.branches[0].source
 
     @property
     def route(self) -> Route[Any] | None:
-        return next((s for s in self.stages if isinstance(s, Route)), None)
+        """The Route of a pipeline with one source, or the one all its sources share."""
+        routes = {id(b.route): b.route for b in self.branches}
+        if len(routes) > 1:
+            raise PipelineError(
+                f"pipeline {self.name!r} has a Route per source; see pipeline.branches"
+            )
+        return next(iter(routes.values()))
 
     @property
-    def queues(self) -> tuple[Queue, ...]:
-        return tuple(s for s in self.stages if isinstance(s, Queue))
+    def routes(self) -> tuple[Route[Any], ...]:
+        """Every distinct Route, in order."""
+        out: list[Route[Any]] = []
+        for b in self.branches:
+            if b.route is not None and b.route not in out:
+                out.append(b.route)
+        return tuple(out)
 
-    def queue_for(self, topic: str) -> Queue:
-        """The queue that owns `topic`: the one listing it, else the one listing no topics."""
-        queues = self.queues
-        if not queues:
-            raise PipelineError(f"pipeline {self.name!r} has no Queue: add `>> Queue(name)`")
-        for q in queues:
-            if q.topics is not None and topic in q.topics:
-                return q
-        catch_all = [q for q in queues if q.topics is None]
-        if not catch_all:
-            names = ", ".join(q.name for q in queues)
-            raise PipelineError(
-                f"topic {topic!r} belongs to no queue of pipeline {self.name!r} ({names}): "
-                f"list it in one Queue(topics=...) or add a Queue without topics"
-            )
-        return catch_all[0]
+    def route_for(self, source: Source) -> Route[Any] | None:
+        """The Route the events of `source` take (None: they make no jobs)."""
+        return self.branch(source).route
 
-    # -- handlers -------------------------------------------------------------------------------
-
-    @overload
-    def dequeue(
-        self,
-        topic: str,
-        handler: None = None,
-        *,
-        retries: int | None = None,
-        backoff: Backoff | None = None,
-        timeout: float | timedelta | None = None,
-    ) -> Callable[[Handler], Handler]: ...
-
-    @overload
-    def dequeue(
-        self,
-        topic: str,
-        handler: Handler,
-        *,
-        retries: int | None = None,
-        backoff: Backoff | None = None,
-        timeout: float | timedelta | None = None,
-    ) -> Handler: ...
-
-    def dequeue(
-        self,
-        topic: str,
-        handler: Handler | None = None,
-        *,
-        retries: int | None = None,
-        backoff: Backoff | None = None,
-        timeout: float | timedelta | None = None,
-    ) -> Any:
-        """Run `handler(job)` for every job of `topic`; usable as a decorator.
-
-        Args:
-            topic: the job topic, as a router names it.
-            handler: an async (or sync) function taking a `JobContext`; its return value,
-                JSON-serialisable, is stored as the job's result.
-            retries: further attempts after a failure (default: the queue's).
-            backoff: delays between attempts (default: the queue's).
-            timeout: seconds before the handler fails with `JobTimeout` (default: the queue's).
+    def branch(self, source: Source | str | None = None) -> Branch:
+        """The branch of `source` (the stage, or its name): the only one when None.
 
         Raises:
-            PipelineError: the topic is already dequeued, the handler is not callable, or no
-                queue owns the topic.
+            PipelineError: `source` is none of this pipeline's, or None and there are several.
         """
-        if handler is None:
-            return lambda fn: self.dequeue(
-                topic, fn, retries=retries, backoff=backoff, timeout=timeout
-            )
-        if not isinstance(topic, str) or not topic:
-            raise PipelineError(f"dequeue() needs a topic name, got {topic!r}")
-        if not callable(handler):
-            raise PipelineError(
-                f"dequeue({topic!r}): handler must be callable, got {type(handler).__name__}"
-            )
-        if topic in self.topics:
-            raise PipelineError(
-                f"topic {topic!r} is already dequeued by "
-                f"{self.topics[topic].handler_name} in pipeline {self.name!r}; "
-                f"a topic has exactly one handler"
-            )
-        queue = self.queue_for(topic)
-        opts = queue.options
-        self.topics[topic] = Topic(
-            name=topic,
-            handler=handler,
-            queue=queue,
-            retries=opts.retries if retries is None else retries,
-            backoff=backoff or opts.backoff,
-            timeout=opts.timeout if timeout is None else seconds(timeout),
+        for b in self.branches:
+            if source is b.source or source == b.source.name:
+                return b
+        names = ", ".join(repr(b.source.name) for b in self.branches)
+        if source is None:
+            if len(self.branches) == 1:
+                return self.branches[0]
+            raise PipelineError(f"pipeline {self.name!r} has several sources; say which: {names}")
+        shown = source.describe() if isinstance(source, Source) else repr(source)
+        raise PipelineError(
+            f"{shown} is not a source of pipeline {self.name!r}; its sources: {names}"
         )
-        return handler
+
+    def stream(self, subject: str | None = None) -> Stream[Any]:
+        """The Stream events are published to: the only one, or the one reading `subject`.
+
+        Raises:
+            PipelineError: the pipeline has no Stream, several and no `subject`, or none
+                reading `subject`.
+        """
+        streams = [s for s in self.sources if isinstance(s, Stream)]
+        if subject is not None:
+            for stream in streams:
+                if stream.subject == subject:
+                    return stream
+        elif len(streams) == 1:
+            return streams[0]
+        subjects = ", ".join(repr(s.subject) for s in streams)
+        if not streams:
+            raise PipelineError(f"pipeline {self.name!r} has no Stream to publish to")
+        if subject is None:
+            raise PipelineError(
+                f"pipeline {self.name!r} reads several streams ({subjects}); say which subject"
+            )
+        raise PipelineError(
+            f"pipeline {self.name!r} has no Stream on subject {subject!r}; its subjects: {subjects}"
+        )
+
+    def describe(self) -> str:
+        """The chain as code: ``(A >> Route(a) | B >> Route(b)) >> Queue('q')``."""
+        heads = " | ".join(b.describe() for b in self.branches)
+        if len(self.branches) > 1 and self.queues:
+            heads = f"({heads})"
+        return " >> ".join([heads, *(q.describe() for q in self.queues)])
+
+    def _label(self) -> str:
+        return f"pipeline {self.name!r}" if hasattr(self, "name") else self.describe()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -209,7 +190,9 @@ class Pipeline:
 
     # -- producing (needs a running `Runner`) ------------------------------------------------------
 
-    def preview(self, event: Any = None, *, sequence: int = 1) -> list[Preview]:
+    def preview(
+        self, event: Any = None, *, sequence: int = 1, source: Source | str | None = None
+    ) -> list[Preview]:
         """The jobs the router makes of `event`, each with its id, queue and handler; no server.
 
             >>> for job in pipeline.preview({"fan": "f1", "talent": "t1", "action": "followed"}):
@@ -217,17 +200,21 @@ class Pipeline:
 
         `event` is what the router receives (for a protobuf Stream also a dict of the message's
         fields, or its bytes; for a Cron a `CronTick`, default now). The ids use stream
-        sequence `sequence`. Raises what the stream side would: `RouteError`,
-        `UnknownTopicError`, `SerializationError`. See `flowline.runtime.preview`.
+        sequence `sequence`. With several sources, `source` says which (the stage, or its
+        name). Raises what the stream side would: `RouteError`, `UnknownTopicError`,
+        `SerializationError`. See `flowline.runtime.preview`.
         """
-        return _binding.local().preview(self, event, sequence=sequence)
+        return _binding.local().preview(self, event, sequence=sequence, source=source)
 
-    async def publish(self, event: Any, *, msg_id: str | None = None) -> int:
+    async def publish(
+        self, event: Any, *, msg_id: str | None = None, subject: str | None = None
+    ) -> int:
         """Publish `event` to this pipeline's stream, encoded with its decoder's type.
 
-        With `msg_id`, a retried publish is stored once. Returns the stream sequence.
+        With `msg_id`, a retried publish is stored once. A pipeline with several streams
+        needs the `subject` of the one to publish to. Returns the stream sequence.
         """
-        return await self._bound().publish(self, event, msg_id=msg_id)
+        return await self._bound().publish(self, event, msg_id=msg_id, subject=subject)
 
     async def enqueue(
         self,
@@ -282,7 +269,7 @@ class Pipeline:
     # -- display --------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        chain = " >> ".join(s.describe() for s in self.stages)
+        chain = self.describe()
         topics = ", ".join(f"{t}->{d.handler_name}" for t, d in self.topics.items())
         return f"<Pipeline {self.name!r}: {chain}" + (f" | {topics}>" if topics else ">")
 
@@ -298,7 +285,16 @@ class Pipeline:
         return f"```mermaid\n{self.to_mermaid()}\n```"
 
 
-Stage.chain = Pipeline  # what `a >> b` builds (see `Stage`)
+def _chain(parts: Sequence[Stage | Assembly]) -> Pipeline | Chain:
+    """What `a >> b` builds: a pipeline when it starts with a source, else a chain."""
+    first = parts[0]
+    if isinstance(first, (Source, Pipeline)):
+        return Pipeline(parts)
+    return Chain(parts)
+
+
+Stage.chain = staticmethod(_chain)  # what `a >> b` builds (see `Stage`)
+Stage.composites = (Assembly,)
 
 
 class Pipelines:
@@ -323,73 +319,13 @@ class Pipelines:
         return f"Pipelines({', '.join(repr(p) for p in self.pipelines)})"
 
 
-def _flatten(stages: Sequence[Any]) -> Iterator[Stage]:
-    for stage in stages:
-        if isinstance(stage, Pipeline):
-            if stage.topics:
-                # The new pipeline would silently start without the handlers (as .named would).
-                raise PipelineError(
-                    f"extend pipeline {stage.name!r} before registering handlers on it"
-                )
-            yield from stage.stages
-        elif isinstance(stage, Stage):
-            yield stage
-        else:
-            raise PipelineError(f"{stage!r} is not a stage (Stream, Cron, Route or Queue)")
-
-
-def _check_order(stages: tuple[Stage, ...]) -> None:
-    """Source first, then exactly one Route, then queues; every message names the stage."""
-    if not stages:
-        raise PipelineError("a pipeline needs at least a Stream (or Cron)")
-    first = stages[0]
-    if not isinstance(first, Source):
-        raise PipelineError(
-            f"{first.describe()} has no source: a pipeline starts with a Stream or a Cron, "
-            f"e.g. Stream('subject', Event) >> {first.describe()}"
-        )
-    seen_route = False
-    names: set[str] = set()
-    for stage in stages[1:]:
-        if isinstance(stage, Source):
-            raise PipelineError(
-                f"{stage.describe()} comes after {first.describe()}: a pipeline has one source; "
-                f"run several pipelines together with Pipelines(...)"
-            )
-        if isinstance(stage, Route):
-            if seen_route:
-                raise PipelineError(
-                    f"{stage.describe()}: a pipeline has one Route; combine the routers into one"
-                )
-            seen_route = True
-        elif isinstance(stage, Queue):
-            if not seen_route:
-                raise PipelineError(
-                    f"{stage.describe()} has no Route before it: jobs come from a router, "
-                    f"e.g. {first.describe()} >> Route(router) >> {stage.describe()}"
-                )
-            if stage.name in names:
-                raise PipelineError(
-                    f"{stage.describe()} appears twice; give each Queue its own name"
-                )
-            names.add(stage.name)
-    claimed: dict[str, str] = {}
-    for q in (s for s in stages if isinstance(s, Queue)):
-        for topic in q.topics or ():
-            if topic in claimed:
-                raise PipelineError(
-                    f"topic {topic!r} is claimed by Queue({claimed[topic]!r}) and "
-                    f"Queue({q.name!r}); a topic belongs to exactly one queue"
-                )
-            claimed[topic] = q.name
-
-
-def _default_name(stages: tuple[Stage, ...]) -> str:
-    source = stages[0]
+def _default_name(pipeline: Pipeline) -> str:
+    """From the first source: its durable, else its subject (or cron topic) and first queue."""
+    source = pipeline.branches[0].source
     base = source.topic if isinstance(source, Cron) else source.name
     if isinstance(source, Stream):
         base = source.durable or base
-    queues = [s.name for s in stages if isinstance(s, Queue)]
+    queues = [q.name for q in pipeline.queues]
     raw = (
         base
         if not queues or (isinstance(source, Stream) and source.durable)

@@ -11,15 +11,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf import json_format
 
 from .errors import PipelineError, SerializationError
-
-if TYPE_CHECKING:
-    from ._pipeline import Pipeline
 
 T = TypeVar("T")
 
@@ -86,12 +83,14 @@ class Stage:
     kind: str = "stage"
     name: str
 
-    # The class `a >> b` builds: `Pipeline`, which sets it when `_pipeline` is imported, so that
-    # this module, below it, needs no import of it.
-    chain: type[Pipeline]
+    # What `a >> b` builds (a `Pipeline` from a source, else a `Chain`) and the classes it
+    # takes besides stages: `_pipeline` sets both when imported, so that this module, below
+    # it, needs no import of it.
+    chain: Callable[[tuple[Any, ...]], Any]
+    composites: tuple[type, ...] = ()
 
-    def __rshift__(self, other: object) -> Pipeline:
-        if not isinstance(other, (Stage, self.chain)):
+    def __rshift__(self, other: object) -> Any:
+        if not isinstance(other, (Stage, *self.composites)):
             return NotImplemented
         return self.chain((self, other))
 
@@ -105,6 +104,12 @@ class Stage:
 
 class Source(Stage):
     """A stage that produces events: a `Stream` or a `Cron`."""
+
+    def __or__(self, other: object) -> Any:
+        """This source and `other` feeding one pipeline (see `Pipeline`)."""
+        if not isinstance(other, (Source, *self.composites)):
+            return NotImplemented
+        return self.chain((self,)) | other
 
 
 class Stream(Source, Generic[T]):

@@ -248,16 +248,27 @@ class TestDiagram:
         tops = sorted(n.y for n in d.nodes if n.kind == "topic")
         assert all(b - a >= 40 for a, b in itertools.pairwise(tops))
 
-    def test_fan_out_to_several_queues_and_a_cron(self) -> None:
-        """Each queue is drawn level with its own topics; a cron source shows its schedule."""
-        from examples.fanbase.channels import digest, notifications
+    def test_two_sources_fan_out_to_several_queues(self) -> None:
+        """Each queue is drawn level with its own topics; each source, stacked, leads to its
+        own route, and every route to every queue; a cron source shows its schedule."""
+        from examples.fanbase.channels import notifications
 
         d = layout(notifications)
         queues = {n.label: n for n in d.nodes if n.kind == "queue"}
         assert set(queues) == {"fanbase-email", "fanbase-sms", "fanbase-social"}
         assert queues["fanbase-email"].cy < queues["fanbase-sms"].cy < queues["fanbase-social"].cy
-        source = next(n for n in layout(digest).nodes if n.kind == "source")
-        assert (source.caption, source.label) == ("cron", "0 9 * * *")
+        sources = [n for n in d.nodes if n.kind == "source"]
+        routes = [n for n in d.nodes if n.kind == "route"]
+        assert [(n.caption, n.label) for n in sources] == [
+            ("stream", "fanbase"),
+            ("cron", "0 9 * * *"),
+        ]
+        assert [n.label for n in routes] == ["route_channels", "route_digest"]
+        assert sources[0].y + sources[0].h < sources[1].y  # stacked, not overlapping
+        assert len(d.edges) == 2 + 2 * 3 + sum(1 for n in d.nodes if n.kind == "topic")
+        assert "stream fanbase and cron 0 9 * * *, then route route_channels and route " in (
+            d.description
+        )
 
     def test_live_counts_and_unhandled_topics(self) -> None:
         """With queue states the queue box shows its counts; a listed topic nobody handles warns."""
@@ -717,7 +728,6 @@ async def test_overview_of_several_pipelines(
     assert [s.get_attribute("data-pipeline") for s in b.find_all("section.pipeline")] == [
         "fanbase-channels",
         "fanbase-audit",
-        "fanbase-digest",
     ]
     # 10 notifications sent, each audited once: both streams' jobs are done.
     b.until(lambda: count(b, "queue:fanbase-audit.completed_1m") == "10", what="10 audits")

@@ -15,24 +15,27 @@ from itertools import pairwise
 from redis.asyncio import Redis
 
 from examples.fanbase.channels import (
+    DIGEST_JOB,
     app,
     audit,
     channel_of,
-    digest,
+    channels,
+    follows,
     notifications,
     route_channels,
     route_digest,
+    send_digest,
 )
 from examples.fanbase.fanbase_pb2 import FanbaseEvent
-from flowline import Cron, CronTick
+from flowline import Cron, CronTick, Stream
 from flowline.runtime.keys import QueueKeys
 
 from .conftest import ROOT, eventually
 
 APP = "examples.fanbase.channels:app"
 DEMO = "examples.fanbase.extended:app"  # the same app, with the digest every second
-EMAIL, SMS, SOCIAL, AUDIT, DIGEST = (
-    QueueKeys(f"fanbase-{name}") for name in ("email", "sms", "social", "audit", "digest")
+EMAIL, SMS, SOCIAL, AUDIT = (
+    QueueKeys(f"fanbase-{name}") for name in ("email", "sms", "social", "audit")
 )
 SENT_STREAM = "fanbase-notifications-sent"
 
@@ -99,7 +102,8 @@ def merge(*parts: dict[QueueKeys, list[str]]) -> dict[QueueKeys, set[str]]:
 
 class TestDescription:
     def test_every_topic_belongs_to_exactly_one_channel_queue(self):
-        """Each notifications topic is dequeued on exactly one of the three channel queues."""
+        """Each notifications topic is dequeued on exactly one of the three channel queues; the
+        digest is sent on the email queue."""
         by_queue = defaultdict(set)
         for name, topic in notifications.topics.items():
             by_queue[topic.queue.name].add(name)
@@ -107,6 +111,7 @@ class TestDescription:
             "fanbase-email": {
                 "notify-fan-following",
                 "notify-talent-following",
+                "send-daily-digest",
                 "confirm-fan-unfollowing",
             },
             "fanbase-sms": {"text-fan-following", "text-fan-unfollowing"},
@@ -134,17 +139,29 @@ class TestDescription:
         ]
         assert channels("blocked") == []
 
-    def test_app_groups_three_pipelines_with_a_daily_paris_digest(self):
-        """`app` runs notifications, audit and a 09:00 Europe/Paris digest together."""
-        assert [p.name for p in app] == ["fanbase-channels", "fanbase-audit", "fanbase-digest"]
+    def test_app_runs_notifications_and_audit(self):
+        """`app` runs the notifications pipeline (two sources) and the audit pipeline."""
+        assert [p.name for p in app] == ["fanbase-channels", "fanbase-audit"]
         assert audit.source.subject == SENT_STREAM
-        cron = digest.source
+
+    def test_follows_and_a_daily_paris_digest_share_the_channels(self):
+        """The follow stream and a 09:00 Europe/Paris cron feed one set of channel queues:
+        the digest is sent by a handler on the email queue, beside the follow emails."""
+        stream, cron = notifications.sources
+        assert isinstance(stream, Stream)
         assert isinstance(cron, Cron)
+        assert (stream.subject, stream.durable) == ("fanbase", "fanbase-channels")
         assert (cron.expression, cron.tz, cron.topic) == (
             "0 9 * * *",
             "Europe/Paris",
             "daily-digest",
         )
+        assert notifications.branches[0] == follows.branches[0]
+        assert notifications.route_for(cron).fn is route_digest  # type: ignore[union-attr]
+        assert notifications.queues == channels.queues
+        assert notifications.queue_for(DIGEST_JOB).name == "fanbase-email"
+        assert notifications.topics[DIGEST_JOB].handler is send_digest
+        assert notifications.topics == channels.topics  # every handler, none duplicated
 
     async def test_digest_router_makes_one_job_per_talent_dated_in_paris(self):
         """A tick at 23:30 UTC on Jan 1st is Jan 2nd in Paris; each talent gets one digest."""
@@ -297,7 +314,7 @@ async def test_digest_fires_each_tick_once_across_three_cron_processes(worker, r
         if line.get("event") == "cron fired"
     )
     by_tick: dict[int, set[int]] = defaultdict(set)
-    for job_id in await jobs(redis, DIGEST):
+    for job_id in await jobs(redis, EMAIL):
         m = re.fullmatch(r"cron:daily-digest:(\d+):(\d+)", job_id)
         assert m, job_id
         by_tick[int(m[1])].add(int(m[2]))
@@ -308,7 +325,7 @@ async def test_digest_fires_each_tick_once_across_three_cron_processes(worker, r
     # Fired once each: one "cron fired" log line per tick, across all three processes.
     assert fired == [iso(t) for t in ticks]
 
-    records = await eventually(lambda: all_completed(redis, DIGEST, 2 * len(ticks)))
+    records = await eventually(lambda: all_completed(redis, EMAIL, 2 * len(ticks)))
     for job_id, r in records.items():
         _, _, tick_ms, index = job_id.split(":")
         result = json.loads(r["result"])

@@ -49,18 +49,18 @@ def message(info: pytest.ExceptionInfo[BaseException]) -> str:
 
 class TestGraphValidation:
     def test_queue_before_stream(self) -> None:
-        """A chain that starts with a Queue names the Queue and shows the right order."""
+        """A source after a Queue names both and shows the right order."""
         with pytest.raises(PipelineError) as info:
             Queue("q") >> Stream("s", bytes)
         assert message(info) == (
-            "Queue('q') has no source: a pipeline starts with a Stream or a Cron, "
-            "e.g. Stream('subject', Event) >> Queue('q')"
+            "Stream('s', bytes) comes after Queue('q'): a source starts a pipeline, "
+            "e.g. Stream('s', bytes) >> Queue('q')"
         )
 
-    def test_route_without_source(self) -> None:
-        """A Route with nothing before it names the Route."""
+    def test_pipeline_without_source(self) -> None:
+        """`Pipeline(...)` of stages with no source names the first and shows a source."""
         with pytest.raises(PipelineError) as info:
-            Route(router) >> Queue("q")
+            Pipeline([Route(router), Queue("q")])
         assert message(info) == (
             "Route(router) has no source: a pipeline starts with a Stream or a Cron, "
             "e.g. Stream('subject', Event) >> Route(router)"
@@ -77,7 +77,8 @@ class TestGraphValidation:
         with pytest.raises(PipelineError) as info:
             Stream("s", bytes) >> Route(router) >> Route(other_router)
         assert message(info) == (
-            "Route(other_router): a pipeline has one Route; combine the routers into one"
+            "Route(other_router) follows Stream('s', bytes) >> Route(router): "
+            "a source has one Route; combine the routers into one"
         )
 
     def test_route_after_queue(self) -> None:
@@ -95,13 +96,14 @@ class TestGraphValidation:
             "e.g. Stream('s', bytes) >> Route(router) >> Queue('q')"
         )
 
-    def test_two_sources(self) -> None:
-        """A second source is named, with the way to run two pipelines together."""
+    def test_two_sources_chained(self) -> None:
+        """A source after a source is named, with the two ways to have both."""
         with pytest.raises(PipelineError) as info:
             Stream("s", bytes) >> Cron(60, topic="tick")
         assert message(info) == (
-            "Cron('every 60s', topic='tick') comes after Stream('s', bytes): "
-            "a pipeline has one source; run several pipelines together with Pipelines(...)"
+            "Cron('every 60s', topic='tick') comes after Stream('s', bytes): a pipeline's "
+            "sources are joined with |, e.g. (Stream('s', bytes) | Cron('every 60s', "
+            "topic='tick')) >> Queue(...); or run several pipelines together with Pipelines(...)"
         )
 
     def test_same_queue_twice(self) -> None:
@@ -369,7 +371,9 @@ class TestCompilePlan:
             compile_plan([a, b])
         assert message(info) == (
             "Queue('notifications') is used by pipelines 'fanbase-notifications' and "
-            "'other-notifications'; a queue belongs to one pipeline"
+            "'other-notifications'; a queue belongs to one pipeline: feed it from both "
+            "sources in one, (source_a >> Route(a) | source_b >> Route(b)) >> "
+            "Queue('notifications')"
         )
 
     def test_queue_without_handler(self) -> None:

@@ -107,8 +107,9 @@ class TestChaining:
         with pytest.raises(PipelineError) as info:
             first >> second
         assert str(info.value) == (
-            "Stream('b', bytes) comes after Stream('a', bytes): a pipeline has one source; "
-            "run several pipelines together with Pipelines(...)"
+            "Stream('b', bytes) comes after Stream('a', bytes): a pipeline's sources are "
+            "joined with |, e.g. (Stream('a', bytes) | Stream('b', bytes)) >> Queue(...); "
+            "or run several pipelines together with Pipelines(...)"
         )
 
     def test_extending_a_pipeline_with_handlers_is_refused(self) -> None:

@@ -81,7 +81,7 @@ async def test_status_in_a_terminal_draws_tables(servers):
     out = await run_cli(servers, "status", DEMO, env={"COLUMNS": "160"})
     assert out.returncode == 0, out.stderr
     expected = ("servers: redis ok", "pipeline ", "queues", "fanbase-email", "cron",
-                "fanbase-digest", "processes online", "no flowline process is running")  # fmt: skip
+                "daily-digest", "processes online", "no flowline process is running")  # fmt: skip
     for text in expected:
         assert text in out.stdout, (text, out.stdout)
 

@@ -4,16 +4,19 @@
     flowline worker examples.fanbase.channels:app --only queue:fanbase-sms  # SMS senders only
     flowline worker examples.fanbase.channels:app --only stream --only cron # routing, digest
 
-Three pipelines run together in one process (one NATS and one Redis connection):
+Two pipelines run together in one process (one NATS and one Redis connection):
 
-    notifications  Stream("fanbase") >> Route >> Queue fanbase-email | fanbase-sms | fanbase-social
+    notifications  (Stream("fanbase") >> Route(route_channels)
+                    | Cron("0 9 * * *", Europe/Paris) >> Route(route_digest))
+                   >> channels: Queue fanbase-email >> fanbase-sms >> fanbase-social
     audit          Stream("fanbase-notifications-sent") >> Route >> Queue("fanbase-audit")
-    digest         Cron("0 9 * * *", Europe/Paris) >> Route >> Queue("fanbase-digest")
 
 Each channel has its own queue, so a slow SMS gateway builds a backlog on its queue only, and
-each channel can be scaled, or stopped, on its own. Every sender publishes a `NotificationSent`
-once its provider has accepted the message; the audit pipeline consumes that stream and keeps
-the counters the daily digest reports to each talent.
+each channel can be scaled, or stopped, on its own. The follow events and the daily digest
+both send email: they are two sources of one pipeline, feeding one email queue and its
+handlers (`channels`, a `Chain`: the queues and handlers with no source of their own). Every
+sender publishes a `NotificationSent` once its provider has accepted the message; the audit
+pipeline consumes that stream and keeps the counters the daily digest reports to each talent.
 
 The notifications pipeline reads the same ``fanbase`` subject as `pipeline.py` under its own
 durable consumer: it replaces that pipeline rather than running beside it (both would email).
@@ -32,7 +35,18 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flowline import Cron, CronTick, Job, JobContext, Pipeline, Pipelines, Queue, Route, Stream
+from flowline import (
+    Chain,
+    Cron,
+    CronTick,
+    Job,
+    JobContext,
+    Pipeline,
+    Pipelines,
+    Queue,
+    Route,
+    Stream,
+)
 
 from . import services as svc
 from .fanbase_pb2 import FanbaseEvent
@@ -53,12 +67,33 @@ if not FAIL_AFTER_EMIT <= CHANNELS:
     )
 
 DIGEST_TOPIC = "daily-digest"
+DIGEST_JOB = "send-daily-digest"
 DIGEST_TZ = "Europe/Paris"
 # What the digest reports: one notification of each of these topics is one follow / unfollow.
 JOINED, LEFT = "notify-talent-following", "confirm-fan-unfollowing"
 
 
-# -- notifications: one router, one queue per channel ----------------------------------------------
+# -- the channels: one queue per channel, and the senders ------------------------------------------
+
+channels: Chain = (
+    Queue("fanbase-email", topics={"notify-fan-following", JOINED, LEFT, DIGEST_JOB})
+    # Few at once: gateways rate-limit. Its backlog waits on this queue and delays no email.
+    >> Queue(
+        "fanbase-sms",
+        topics={"text-fan-following", "text-fan-unfollowing"},
+        concurrency=SMS_CONCURRENCY,
+        timeout=30,
+    )
+    >> Queue("fanbase-social", topics={"post-talent-following"})
+)
+
+
+def channel_of(topic: str) -> str:
+    """The channel a notifications topic is sent on: its queue's name without ``fanbase-``."""
+    return channels.queue_for(topic).name.removeprefix("fanbase-")
+
+
+# -- the follow events: one router, a job per channel and recipient -------------------------------
 
 
 def route_channels(event: FanbaseEvent) -> Iterator[Job]:
@@ -75,24 +110,7 @@ def route_channels(event: FanbaseEvent) -> Iterator[Job]:
     # Any other action is ignored, as in pipeline.py.
 
 
-notifications = (
-    Stream("fanbase", FanbaseEvent, durable="fanbase-channels")
-    >> Route(route_channels)
-    >> Queue("fanbase-email", topics={"notify-fan-following", JOINED, LEFT})
-    # Few at once: gateways rate-limit. Its backlog waits on this queue and delays no email.
-    >> Queue(
-        "fanbase-sms",
-        topics={"text-fan-following", "text-fan-unfollowing"},
-        concurrency=SMS_CONCURRENCY,
-        timeout=30,
-    )
-    >> Queue("fanbase-social", topics={"post-talent-following"})
-)
-
-
-def channel_of(topic: str) -> str:
-    """The channel a notifications topic is sent on: its queue's name without ``fanbase-``."""
-    return notifications.queue_for(topic).name.removeprefix("fanbase-")
+follows = Stream("fanbase", FanbaseEvent, durable="fanbase-channels") >> Route(route_channels)
 
 
 # -- audit: a second pipeline on the stream the senders publish to ---------------------------------
@@ -175,40 +193,40 @@ async def people(job: JobContext) -> tuple[User, User]:
     )
 
 
-@notifications.dequeue("notify-fan-following")
+@channels.dequeue("notify-fan-following")
 async def email_fan_following(job: JobContext) -> Any:
     fan, talent = await people(job)
     subject = f"You've started following {talent.name}!"
     return await deliver(job, EMAIL, fan, subject, f"Hey {fan.name}, thanks for following!")
 
 
-@notifications.dequeue(JOINED)
+@channels.dequeue(JOINED)
 async def email_talent_following(job: JobContext) -> Any:
     fan, talent = await people(job)
     body = f"Congratulations {talent.name}, {fan.name} just joined your fanclub!"
     return await deliver(job, EMAIL, talent, f"{fan.name} started following you!", body)
 
 
-@notifications.dequeue(LEFT)
+@channels.dequeue(LEFT)
 async def email_fan_unfollowing(job: JobContext) -> Any:
     fan, talent = await people(job)
     body = f"Hey {fan.name}, we just wanted to confirm that you've stopped following {talent.name}."
     return await deliver(job, EMAIL, fan, f"You've stopped following {talent.name}!", body)
 
 
-@notifications.dequeue("text-fan-following")
+@channels.dequeue("text-fan-following")
 async def text_fan_following(job: JobContext) -> Any:
     fan, talent = await people(job)
     return await deliver(job, SMS, fan, f"Welcome to {talent.name}'s fanclub, {fan.name}!")
 
 
-@notifications.dequeue("text-fan-unfollowing")
+@channels.dequeue("text-fan-unfollowing")
 async def text_fan_unfollowing(job: JobContext) -> Any:
     fan, talent = await people(job)
     return await deliver(job, SMS, fan, f"You've left {talent.name}'s fanclub. See you soon!")
 
 
-@notifications.dequeue("post-talent-following")
+@channels.dequeue("post-talent-following")
 async def post_talent_following(job: JobContext) -> Any:
     fan, talent = await people(job)
     return await deliver(job, SOCIAL, talent, f"{fan.name} ({fan.handle}) joined your fanclub")
@@ -222,9 +240,10 @@ async def route_digest(tick: CronTick) -> AsyncIterator[Job]:
     day = tick.scheduled.astimezone(ZoneInfo(DIGEST_TZ)).date().isoformat()
     for talent in await svc.users.talents():
         scheduled = tick.scheduled.isoformat()
-        yield Job("send-daily-digest", {"talent": talent.id, "day": day, "scheduled": scheduled})
+        yield Job(DIGEST_JOB, {"talent": talent.id, "day": day, "scheduled": scheduled})
 
 
+@channels.dequeue(DIGEST_JOB)
 async def send_digest(job: JobContext) -> Any:
     talent = await svc.users.find_by_id(job.data["talent"])
     joined = await svc.analytics.get("talent", talent.id, JOINED)
@@ -234,21 +253,20 @@ async def send_digest(job: JobContext) -> Any:
     return {**confirmation, "talent": talent.id, "scheduled": job.data["scheduled"]}
 
 
-def digest_pipeline(schedule: str | float | timedelta) -> Pipeline:
-    """The digest pipeline on `schedule`: a cron expression (Paris time) or an interval.
+# -- the pipelines ---------------------------------------------------------------------------------
 
-    The app uses ``"0 9 * * *"``; the runnable demo and the tests, which cannot wait a day,
-    use seconds. Either way each tick fires once across every process running ``cron``.
+
+def notifications_pipeline(digest_schedule: str | float | timedelta) -> Pipeline:
+    """Follow events and the digest on `digest_schedule`, both sent through `channels`.
+
+    The schedule is a cron expression (Paris time) or an interval: the app uses
+    ``"0 9 * * *"``; the runnable demo and the tests, which cannot wait a day, use seconds.
+    Either way each tick fires once across every process running ``cron``.
     """
-    pipeline = (
-        Cron(schedule, topic=DIGEST_TOPIC, tz=DIGEST_TZ)
-        >> Route(route_digest)
-        >> Queue("fanbase-digest")
-    ).named("fanbase-digest")
-    pipeline.dequeue("send-daily-digest", send_digest)
-    return pipeline
+    digest = Cron(digest_schedule, topic=DIGEST_TOPIC, tz=DIGEST_TZ) >> Route(route_digest)
+    return (follows | digest) >> channels
 
 
-digest = digest_pipeline("0 9 * * *")
+notifications = notifications_pipeline("0 9 * * *")
 
-app = Pipelines(notifications, audit, digest)
+app = Pipelines(notifications, audit)

@@ -20,13 +20,13 @@ from flowline import Event, Pipelines, Runner, Settings
 from flowline.servers import LocalServers
 
 from . import services as svc
-from .channels import audit, channel_of, digest_pipeline, notifications, route_channels
+from .channels import DIGEST_JOB, audit, channel_of, notifications_pipeline, route_channels
 from .fanbase_pb2 import FanbaseEvent
 
 DIGEST_EVERY = 1.0  # seconds; the real app's schedule is "0 9 * * *"
 
-digest = digest_pipeline(DIGEST_EVERY)
-app = Pipelines(notifications, audit, digest)
+notifications = notifications_pipeline(DIGEST_EVERY)
+app = Pipelines(notifications, audit)
 
 EVENTS = [
     ("fan-1", "talent-1", "followed"),
@@ -64,6 +64,9 @@ async def main(settings: Settings) -> int:
     progress = Progress(talents=sum(u.is_talent for u in svc.USERS.values()))
 
     def on_sent(e: Event) -> None:
+        if e.topic == DIGEST_JOB:  # the digest is sent through the email queue too
+            on_digest(e)
+            return
         channel = channel_of(e.topic)
         progress.sent[channel] += 1
         progress.notified.add(e.id)
@@ -91,9 +94,8 @@ async def main(settings: Settings) -> int:
         print(f"  ✗ {e.pipeline} {e.name}: {e.error}", file=sys.stderr)
 
     notifications.on("job:complete", on_sent)
+    notifications.on("cron", on_tick)
     audit.on("job:complete", on_audited)
-    digest.on("cron", on_tick)
-    digest.on("job:complete", on_digest)
     for pipeline in app:
         pipeline.on("error", on_error)
 

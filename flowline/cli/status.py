@@ -90,14 +90,14 @@ def render(doc: dict[str, Any]) -> Group:
     parts.append(servers)
     for p in doc["pipelines"]:
         parts.append(Text(f"\npipeline {p['name']}", style="bold cyan"))
-        if p["stream"] is not None:
-            s = p["stream"]
+        if p["streams"]:
             table = _table("subject", "stream", "stored", "pending", "ack pending", "redelivered",
                           "last acked", title="stream", title_justify="left")  # fmt: skip
-            table.add_row(
-                s["subject"], _v(s["stream"]), _v(s["messages"]), _v(s["pending"]),
-                _v(s["ack_pending"]), _v(s["redelivered"]), _v(s["last_acked"]),
-            )  # fmt: skip
+            for s in p["streams"]:
+                table.add_row(
+                    s["subject"], _v(s["stream"]), _v(s["messages"]), _v(s["pending"]),
+                    _v(s["ack_pending"]), _v(s["redelivered"]), _v(s["last_acked"]),
+                )  # fmt: skip
             parts.append(table)
         if p["crons"]:
             table = _table("topic", "schedule", "last fired", "next tick", title="cron",

@@ -1,6 +1,6 @@
-"""A pipeline drawn on the server: source -> route -> each queue -> its topics and handlers.
+"""A pipeline drawn on the server: sources -> routes -> each queue -> its topics and handlers.
 
-`layout` places boxes in four columns (source, route, queues, topics) and returns plain data;
+`layout` places boxes in four columns (sources, routes, queues, topics) and returns plain data;
 the ``_diagram.html`` template turns it into inline SVG. No JavaScript draws anything, so the
 diagram is in the page as served and scales with it. Labels are monospace, so their width is
 known here without measuring text in a browser.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._pipeline import Pipeline
-from .._stages import Cron, Stream
+from .._stages import Cron, Source, Stream
 
 BOX_H = 58
 TOPIC_H = 40  # topics are leaves: a name and its handler, no caption
@@ -70,20 +70,11 @@ def layout(pipeline: Pipeline, queues: Mapping[str, Mapping[str, Any]] | None = 
         queues: each queue's entry of the status document (``ready``, ``running``, ``dead``...);
             a queue missing from it is drawn with its options instead.
     """
-    source = pipeline.source
-    if isinstance(source, Stream):
-        src = _box("source", "stream", source.subject, f"durable {source.durable or pipeline.name}")
-    elif isinstance(source, Cron):
-        every = source.expression or f"every {source.interval:g}s"
-        src = _box("source", "cron", every, f"topic {source.topic} ({source.tz})")
-    else:  # pragma: no cover - every Source is a Stream or a Cron
-        src = _box("source", source.kind, source.name, "")
-    route = pipeline.route
-    rt = None
-    if route is not None:
-        n = len(pipeline.queues)
-        fans = f"to {n} queue{'' if n == 1 else 's'}"
-        rt = _box("route", "route", route.name, f"fan-in, {fans}" if route.fan_in else fans)
+    srcs = [_source_box(pipeline, b.source) for b in pipeline.branches]
+    n = len(pipeline.queues)
+    fans = f"to {n} queue{'' if n == 1 else 's'}"
+    routes = pipeline.routes
+    rts = [_box("route", "route", r.name, f"fan-in, {fans}" if r.fan_in else fans) for r in routes]
     # Each queue's topics: those dequeued here, then those it lists that nobody dequeues.
     columns: list[tuple[_Box, list[_Box]]] = []
     for q in pipeline.queues:
@@ -95,16 +86,18 @@ def layout(pipeline: Pipeline, queues: Mapping[str, Mapping[str, Any]] | None = 
         columns.append((_queue_box(q.name, q.options.concurrency, state), leaves))
 
     col_w = [
-        src.w,
-        rt.w if rt else 0.0,
+        max(x.w for x in srcs),
+        max((x.w for x in rts), default=0.0),
         max((qb.w for qb, _ in columns), default=0.0),
         max((leaf.w for _, leaves in columns for leaf in leaves), default=0.0),
     ]
     xs: list[float] = [PAD]
     for w in col_w[:-1]:
         xs.append(xs[-1] + w + GAP if w else xs[-1])
-    rows = sum(max(1, len(leaves)) for _, leaves in columns) or 1
-    height = 2 * PAD + BOX_H + (rows - 1) * ROW
+    topic_rows = sum(max(1, len(leaves)) for _, leaves in columns) or 1
+    # Sources stack at the box pitch; topics at theirs: the taller column sets the height.
+    source_span = (len(srcs) - 1) * (BOX_H + 16)
+    height = 2 * PAD + BOX_H + max((topic_rows - 1) * ROW, source_span)
 
     def centre(row: float) -> float:
         return PAD + BOX_H / 2 + row * ROW
@@ -124,16 +117,28 @@ def layout(pipeline: Pipeline, queues: Mapping[str, Mapping[str, Any]] | None = 
             nodes.append(ln)
             edges.append(_edge(qn, ln))
         row += span
-    mid = (queue_nodes[0].cy + queue_nodes[-1].cy) / 2 if queue_nodes else centre(0)
-    sn = src.at(xs[0], mid, col_w[0])
-    if rt is not None:
-        rn = rt.at(xs[1], mid, col_w[1])
-        nodes.append(rn)
-        edges.append(_edge(sn, rn))
+    mid = (queue_nodes[0].cy + queue_nodes[-1].cy) / 2 if queue_nodes else height / 2
+
+    def stacked(boxes: list[_Box], x: float, w: float) -> list[Node]:
+        """`boxes` one above the other, centred on `mid` (kept inside the picture)."""
+        span = (len(boxes) - 1) * (BOX_H + 16)
+        top = min(max(mid - span / 2, PAD + BOX_H / 2), height - PAD - BOX_H / 2 - span)
+        return [box.at(x, top + i * (BOX_H + 16), w) for i, box in enumerate(boxes)]
+
+    source_nodes = stacked(srcs, xs[0], col_w[0])
+    route_nodes = stacked(rts, xs[1], col_w[1])
+    by_route = {id(r): node for r, node in zip(routes, route_nodes, strict=True)}
+    nodes += route_nodes
+    for branch, sn in zip(pipeline.branches, source_nodes, strict=True):
+        if branch.route is not None:
+            edges.append(_edge(sn, by_route[id(branch.route)]))
+    for rn in route_nodes:
         edges.extend(_edge(rn, qn) for qn in queue_nodes)
-    nodes.append(sn)
-    width = (xs[3] + col_w[3] if columns else (xs[1] + col_w[1] if rt else xs[0] + col_w[0])) + PAD
-    steps = [f"{src.caption} {src.title}"] + ([f"route {rt.title}"] if rt else [])
+    nodes += source_nodes
+    right = xs[3] + col_w[3] if columns else (xs[1] + col_w[1] if rts else xs[0] + col_w[0])
+    width = right + PAD
+    steps = [" and ".join(f"{x.caption} {x.title}" for x in srcs)]
+    steps += [" and ".join(f"route {x.title}" for x in rts)] if rts else []
     for qb, leaves in columns:
         steps.append(f"queue {qb.title} ({', '.join(x.title for x in leaves) or 'no topics'})")
     chain = ", then ".join(steps)
@@ -170,6 +175,16 @@ def _box(kind: str, caption: str, text: str, detail: str, *, warn: bool = False)
     label = text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
     width = max(len(label) * LABEL_CH, len(detail) * DETAIL_CH, len(caption) * CAPTION_CH) + 24
     return _Box(kind, caption, label, detail, text, round(max(width, 96.0), 1), warn)
+
+
+def _source_box(pipeline: Pipeline, source: Source) -> _Box:
+    if isinstance(source, Stream):
+        durable = source.durable or pipeline.name
+        return _box("source", "stream", source.subject, f"durable {durable}")
+    if isinstance(source, Cron):
+        every = source.expression or f"every {source.interval:g}s"
+        return _box("source", "cron", every, f"topic {source.topic} ({source.tz})")
+    return _box("source", source.kind, source.name, "")  # pragma: no cover - Stream or Cron
 
 
 def _queue_box(name: str, concurrency: int, state: Mapping[str, Any] | None) -> _Box:

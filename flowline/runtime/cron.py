@@ -126,7 +126,7 @@ class CronSource:
         bus = self.pipeline.bus
         bus.emit("cron", "cron", event=event, topic=self.cron.topic)
         bus.emit(f"cron:{self.cron.topic}", "cron", event=event, topic=self.cron.topic)
-        route = self.pipeline.route
+        route = self.pipeline.route_for(self.cron)
         try:
             if route is not None:
                 jobs = await call_router(route, event)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .._stages import Stream
 from ..errors import PipelineError
 
 if TYPE_CHECKING:
@@ -50,9 +49,7 @@ def _resolve(target: Pipeline | str, event: Any) -> tuple[str, bytes]:
     from .._pipeline import Pipeline
 
     if isinstance(target, Pipeline):
-        stream = target.source
-        if not isinstance(stream, Stream):
-            raise PipelineError(f"pipeline {target.name!r} has no Stream to emit to")
+        stream = target.stream()  # raises unless it has exactly one
         if isinstance(event, bytes):
             return stream.subject, event
         if stream.encode is None:

@@ -17,8 +17,8 @@ background task appends what is encoded every `FLUSH_INTERVAL`, as one entry per
 one script call: one round trip and one XADD per flush, never one per event. The price of
 encoding a little after the emit is that a handler which changes ``job.data`` in place at
 once may show the change in its ``job:start`` (as it would to an async local listener). A full
-buffer (Redis slow or away) drops its oldest events, counted by the gaps they leave in the
-per-process ``seq`` and warned about once a minute. The stream keeps the newest `retention`
+buffer (Redis slow or away) drops its oldest events, counted and warned about once a minute;
+readers see the gaps they leave in the per-process ``seq``. The stream keeps the newest `retention`
 events at least, and at most one entry more.
 
 Why a batch per entry: an XADD per event cost Redis about 2.5 us per event in the benchmark (a
@@ -48,7 +48,7 @@ import random
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -233,7 +233,7 @@ class _Buffer:
     ~60 ms). The JSON pieces are bytes, which the collector never looks at.
     """
 
-    __slots__ = ("capacity", "events", "pieces", "pending", "on_drop")
+    __slots__ = ("capacity", "events", "on_drop", "pending", "pieces")
 
     def __init__(self, capacity: int, on_drop: Callable[[int], None]) -> None:
         self.capacity = capacity

@@ -92,7 +92,7 @@ class StreamIngest:
         self.redis = redis
         self.scripts = scripts
         self.bus = pipeline.bus
-        self.route = pipeline.route
+        self.route = pipeline.route_for(stream)
         self.durable = stream.durable or pipeline.name
         self.stream_name = ""
         self._batch: list[Msg] = []

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .._stages import Stream
 from . import deadletters
 from .deadletters import DeadLetter
+from .ingest import stream_name_for
 from .keys import GROUP, QueueKeys
 
 if TYPE_CHECKING:
@@ -146,21 +147,23 @@ class JobInfo:
     dead_letter: str | None = None
 
 
-def subject_of(pipeline: Pipeline) -> str | None:
-    """The subject of the pipeline's stream (None for a cron pipeline)."""
-    return pipeline.source.subject if isinstance(pipeline.source, Stream) else None
+def subjects_of(pipeline: Pipeline) -> dict[str, str]:
+    """The subjects of the pipeline's streams, by the JetStream stream flowline makes for each."""
+    return {
+        stream_name_for(s.subject): s.subject for s in pipeline.sources if isinstance(s, Stream)
+    }
 
 
-def queues_of(pipelines: Iterable[Pipeline]) -> dict[str, str | None]:
-    """Every queue of `pipelines`, with the subject of its pipeline's stream (`subject_of`)."""
-    return {q.name: subject_of(p) for p in pipelines for q in p.queues}
+def queues_of(pipelines: Iterable[Pipeline]) -> dict[str, dict[str, str]]:
+    """Every queue of `pipelines`, with the subjects of its pipeline's streams (`subjects_of`)."""
+    return {q.name: subjects_of(p) for p in pipelines for q in p.queues}
 
 
-async def find(redis: Redis, queues: Mapping[str, str | None], job_id: str) -> list[JobInfo]:
+async def find(redis: Redis, queues: Mapping[str, Mapping[str, str]], job_id: str) -> list[JobInfo]:
     """The job `job_id` in each of `queues` that holds it (usually one, or none).
 
     Args:
-        queues: queue name -> its pipeline's stream subject (`queues_of`).
+        queues: queue name -> its pipeline's stream subjects (`queues_of`).
     """
     names = list(queues)
     pipe = redis.pipeline(transaction=False)
@@ -181,7 +184,9 @@ async def find(redis: Redis, queues: Mapping[str, str | None], job_id: str) -> l
     return found
 
 
-async def running(redis: Redis, queues: Mapping[str, str | None], limit: int) -> list[JobInfo]:
+async def running(
+    redis: Redis, queues: Mapping[str, Mapping[str, str]], limit: int
+) -> list[JobInfo]:
     """Jobs a worker holds now, oldest first (at most `limit`)."""
     names = list(queues)
     pipe = redis.pipeline(transaction=False)
@@ -199,7 +204,9 @@ async def running(redis: Redis, queues: Mapping[str, str | None], limit: int) ->
     return rows[:limit]
 
 
-async def delayed(redis: Redis, queues: Mapping[str, str | None], limit: int) -> list[JobInfo]:
+async def delayed(
+    redis: Redis, queues: Mapping[str, Mapping[str, str]], limit: int
+) -> list[JobInfo]:
     """Delayed jobs and jobs waiting to be retried, soonest due first (at most `limit`)."""
     names = list(queues)
     pipe = redis.pipeline(transaction=False)
@@ -223,7 +230,9 @@ async def delayed(redis: Redis, queues: Mapping[str, str | None], limit: int) ->
     return rows
 
 
-async def failed(redis: Redis, queues: Mapping[str, str | None], limit: int) -> list[JobInfo]:
+async def failed(
+    redis: Redis, queues: Mapping[str, Mapping[str, str]], limit: int
+) -> list[JobInfo]:
     """Jobs that failed for good and whose record is still kept, newest first (at most `limit`).
 
     Found through their dead letters, newest first: the job of a purged dead letter is not
@@ -327,7 +336,7 @@ _JOB_KEYS = (
 def _info(
     job_id: str,
     queue: str,
-    subject: str | None,
+    subjects: Mapping[str, str],
     h: dict[str, str],
     holder: str = "",
     due: str | None = None,
@@ -346,7 +355,7 @@ def _info(
         finished=_seconds(h.get("finished")),
         queue=queue,
         origin=origin,
-        message=_source(job_id, origin, subject),
+        message=_source(job_id, origin, subjects),
         due=_seconds(due),
         running_on=holder or None,
         traceback=letter.record.get("traceback") if letter is not None else None,
@@ -354,15 +363,22 @@ def _info(
     )
 
 
-def _source(job_id: str, origin: str | None, subject: str | None) -> SourceMessage | None:
-    """The message of a routed job's id ``<stream>:<sequence>:<index>`` (replays keep the id)."""
-    if subject is None or origin not in ("stream", "replay"):
+def _source(job_id: str, origin: str | None, subjects: Mapping[str, str]) -> SourceMessage | None:
+    """The message of a routed job's id ``<stream>:<sequence>:<index>`` (replays keep the id).
+
+    `subjects` are the pipeline's (`subjects_of`); with one, a stream of another name (one
+    that captured the subject before flowline looked) is still that subject's.
+    """
+    if not subjects or origin not in ("stream", "replay"):
         return None
     if job_id.startswith(("key:", "direct:", "cron:")):
         return None
     parts = job_id.rsplit(":", 2)
     if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
         return None
+    subject = subjects.get(parts[0])
+    if subject is None and len(subjects) == 1:
+        subject = next(iter(subjects.values()))
     return SourceMessage(parts[0], int(parts[1]), subject)
 
 

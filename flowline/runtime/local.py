@@ -13,14 +13,16 @@ from .preview import Preview, preview
 
 if TYPE_CHECKING:
     from .._pipeline import Pipeline
-    from .._stages import Job
+    from .._stages import Job, Source
 
 
 class LocalOps:
     """`Pipeline.preview` and `Pipeline.enqueue_sync`, which need no `Runner`."""
 
-    def preview(self, pipeline: Pipeline, event: Any, *, sequence: int) -> list[Preview]:
-        return preview(pipeline, event, sequence=sequence)
+    def preview(
+        self, pipeline: Pipeline, event: Any, *, sequence: int, source: Source | str | None
+    ) -> list[Preview]:
+        return preview(pipeline, event, sequence=sequence, source=source)
 
     def enqueue_sync(self, pipeline: Pipeline, job: Job, redis_url: str | None) -> str:
         settings = Settings.from_env(redis_url=redis_url)

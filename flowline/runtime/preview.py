@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .._stages import Cron, Stream, seconds
+from .._stages import Cron, Source, Stream, seconds
 from ..errors import PipelineError
 from .cron import CronTick
 from .enqueue import plan
@@ -49,22 +49,31 @@ class Preview:
     key: str | None
 
 
-def preview(pipeline: Pipeline, event: Any, *, sequence: int = 1) -> list[Preview]:
+def preview(
+    pipeline: Pipeline, event: Any, *, sequence: int = 1, source: Source | str | None = None
+) -> list[Preview]:
     """The jobs `pipeline`'s router makes of `event`, as they would be enqueued.
 
     Args:
         event: what the router receives: for a protobuf Stream the message, a dict of its fields
             (as ``publish`` takes it) or its bytes; for a Cron a `CronTick` (default: now).
         sequence: the stream sequence the ids are made with.
+        source: which source `event` comes from, when the pipeline has several: the stage,
+            or its name (a Stream's subject, ``cron:<topic>``). Without it, a `CronTick` is
+            the one Cron's and anything else the one Stream's.
 
     Raises:
-        PipelineError: the pipeline has no route.
+        PipelineError: the source has no route, or `source` names none of the pipeline's.
         RouteError, UnknownTopicError, SerializationError: as the stream side would raise them.
     """
-    route = pipeline.route
+    if source is None and len(pipeline.branches) > 1:
+        source = _source_for(pipeline, event)
+    branch = pipeline.branch(source)
+    source, route = branch.source, branch.route
     if route is None:
-        raise PipelineError(f"pipeline {pipeline.name!r} has no Route to preview")
-    source = pipeline.source
+        raise PipelineError(
+            f"{source.describe()} of pipeline {pipeline.name!r} has no Route to preview"
+        )
     if isinstance(source, Stream):
         if isinstance(event, bytes):
             event = source.decode(event)
@@ -92,6 +101,13 @@ def preview(pipeline: Pipeline, event: Any, *, sequence: int = 1) -> list[Previe
         )
         for row, job in zip(rows, jobs, strict=True)
     ]
+
+
+def _source_for(pipeline: Pipeline, event: Any) -> Source | None:
+    """The one source of `event`'s kind: a cron for a `CronTick`, else the one Stream."""
+    kind = Cron if isinstance(event, CronTick) else Stream
+    of_kind = [s for s in pipeline.sources if isinstance(s, kind)]
+    return of_kind[0] if len(of_kind) == 1 else None  # None: `branch` says which to choose
 
 
 def _run(coro: Any) -> Any:

@@ -55,7 +55,7 @@ class QueueHandle:
         A job a worker holds is ``running`` (with `running_on`); a failed one carries its
         traceback and dead letter id; a delayed one when it is due.
         """
-        found = await jobs.find(self._redis, {self.name: jobs.subject_of(self.pipeline)}, job_id)
+        found = await jobs.find(self._redis, {self.name: jobs.subjects_of(self.pipeline)}, job_id)
         return found[0] if found else None
 
     async def counts(self) -> QueueCounts:

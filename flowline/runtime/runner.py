@@ -275,14 +275,19 @@ class Runner:
 
     # -- producing ------------------------------------------------------------------------------
 
-    async def publish(self, pipeline: Pipeline, event: Any, *, msg_id: str | None = None) -> int:
-        """Put `event` on `pipeline`'s stream; returns its stream sequence.
+    async def publish(
+        self,
+        pipeline: Pipeline,
+        event: Any,
+        *,
+        msg_id: str | None = None,
+        subject: str | None = None,
+    ) -> int:
+        """Put `event` on `pipeline`'s stream (the one on `subject`); returns its sequence.
 
         With `msg_id`, JetStream stores a retried publish only once (within its duplicate window).
         """
-        stream = pipeline.source
-        if not isinstance(stream, Stream):
-            raise PipelineError(f"pipeline {pipeline.name!r} has no Stream to publish to")
+        stream = pipeline.stream(subject)
         return await self.publish_to(stream.subject, _encode(stream, event), msg_id)
 
     async def publish_to(self, subject: str, payload: bytes, msg_id: str | None = None) -> int:

@@ -12,9 +12,10 @@ The document (``flowline status --json`` prints it; its keys are stable)::
      "processes": [{"id", "host", "pid", "version", "pipelines", "parts", "started",
                     "heartbeat", "expires", "running", "completed", "failed"}],
      "pipelines": [{"name",
-                    "stream": {"subject", "stream", "messages", "first_sequence",
-                               "last_sequence", "durable", "pending", "ack_pending",
-                               "redelivered", "last_acked"} | null,
+                    "streams": [{"subject", "stream", "messages", "first_sequence",
+                                 "last_sequence", "durable", "pending", "ack_pending",
+                                 "redelivered", "last_acked"}],
+                    "stream": <the first of streams> | null,
                     "queues": [{"name", "topics", "ready", "running", "delayed", "dead",
                                 "completed_1m", "failed_1m", "jobs_per_s"}],
                     "crons": [{"topic", "schedule", "tz", "last_fired", "next_tick"}]}]}
@@ -52,7 +53,7 @@ class StatusReader:
     def __init__(self, pipelines: tuple[Pipeline, ...], settings: Settings) -> None:
         self.pipelines = pipelines
         self.settings = settings
-        self.needs_nats = any(isinstance(p.source, Stream) for p in pipelines)
+        self.needs_nats = any(isinstance(s, Stream) for p in pipelines for s in p.sources)
         self._redis: Redis | None = None
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -131,7 +132,7 @@ class StatusReader:
         marks: dict[tuple[str, str], float] = {}
         if redis is not None:
             names = [q.name for p in self.pipelines for q in p.queues]
-            crons = [(p.name, p.source.topic) for p in self.pipelines if isinstance(p.source, Cron)]
+            crons = [(p.name, s.topic) for p in self.pipelines for s in _crons_of(p)]
             try:
                 async with asyncio.timeout(TIMEOUT):
                     queues = await queue_states(redis, names)
@@ -141,11 +142,14 @@ class StatusReader:
                 await self._drop_redis()
         out = []
         for p in self.pipelines:
-            stream_doc = await self._stream(p, js, errors) if isinstance(p.source, Stream) else None
+            sources = [s for s in p.sources if isinstance(s, Stream)]
+            streams = [await self._stream(p, s, js, errors) for s in sources]
             out.append(
                 {
                     "name": p.name,
-                    "stream": stream_doc,
+                    "streams": streams,
+                    # Before pipelines had several sources: kept, as the keys are stable.
+                    "stream": streams[0] if streams else None,
                     "queues": [self._queue(p, q.name, queues.get(q.name)) for q in p.queues],
                     "crons": self._crons(p, marks, redis is not None),
                 }
@@ -153,10 +157,12 @@ class StatusReader:
         return {"pipelines": out, "_errors": errors}
 
     async def _stream(
-        self, p: Pipeline, js: JetStreamContext | None, errors: list[tuple[str, str]]
+        self,
+        p: Pipeline,
+        source: Stream[Any],
+        js: JetStreamContext | None,
+        errors: list[tuple[str, str]],
     ) -> dict[str, Any]:
-        source = p.source
-        assert isinstance(source, Stream)
         durable = source.durable or p.name
         doc: dict[str, Any] = {
             "subject": source.subject,
@@ -197,19 +203,15 @@ class StatusReader:
         return doc
 
     def _crons(self, p: Pipeline, marks: dict[tuple[str, str], float], read: bool) -> list[Any]:
-        cron = p.source
-        if not isinstance(cron, Cron):
-            return []
-        last = marks.get((p.name, cron.topic)) if read else None
-        schedule = cron.expression or f"every {cron.interval:g}s"
         return [
             {
                 "topic": cron.topic,
-                "schedule": schedule,
+                "schedule": cron.expression or f"every {cron.interval:g}s",
                 "tz": cron.tz,
-                "last_fired": last,
+                "last_fired": marks.get((p.name, cron.topic)) if read else None,
                 "next_tick": next_tick(cron, time.time()),
             }
+            for cron in _crons_of(p)
         ]
 
     async def _drop_redis(self) -> None:
@@ -226,3 +228,7 @@ def _message(exc: BaseException) -> str:
         return str(exc)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _crons_of(p: Pipeline) -> list[Cron]:
+    return [s for s in p.sources if isinstance(s, Cron)]

@@ -39,7 +39,8 @@ from .scripts import flat
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from .._pipeline import Pipeline, Topic
+    from .._chain import Topic
+    from .._pipeline import Pipeline
     from .._stages import Queue
     from ..observability.metrics import JobStats, Metrics
     from .emit import Emitter
@@ -157,10 +158,11 @@ class QueueWorker:
         self._keep = str(int(self.opts.keep_completed))
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
         self._reclaim_after = 0.0  # monotonic time before which this worker does not reclaim
-        route = pipeline.route
+        # One counter for the pipeline: its jobs from a source whose Route does not fan in
+        # have no total, and FINISH leaves them alone.
         self._fan_in = (
             FanIn(redis, pipeline.name, int(self.opts.keep_completed))
-            if route is not None and route.fan_in
+            if any(route.fan_in for route in pipeline.routes)
             else None
         )
         self._sync_handlers = {
