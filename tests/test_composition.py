@@ -413,3 +413,9 @@ class TestCommands:
         doc = json.loads(status.stdout)["pipelines"][0]
         assert [s["subject"] for s in doc["streams"]] == ["joined-signups", "joined-orders"]
         assert [c["topic"] for c in doc["crons"]] == ["joined-digest"]
+        # Each job knows the stream message it came from, subject included.
+        shown = await cli(
+            servers, "jobs", "tests.apps.joined:pipeline", "joined-orders:1:0", "--json"
+        )
+        message = json.loads(shown.stdout)["message"]
+        assert message == {"stream": "joined-orders", "sequence": 1, "subject": "joined-orders"}
