@@ -35,6 +35,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "flowchart LR",
         "published #5: fan-2 followed talent-2",
         "all 9 notifications sent",
+        "fanbase:5:1  notify-talent-following  #################### 100%",
         "dead letters: 0",
         "stopped",
     ),
