@@ -24,6 +24,7 @@ from flowline import (
     Stream,
 )
 from flowline._compile import compile_plan
+from flowline.runtime.emit import resolve
 from flowline.runtime.status import StatusReader
 
 from .conftest import eventually, flowline_cli
@@ -419,3 +420,22 @@ class TestCommands:
         )
         message = json.loads(shown.stdout)["message"]
         assert message == {"stream": "joined-orders", "sequence": 1, "subject": "joined-orders"}
+
+
+class TestEmit:
+    def test_emit_to_a_pipeline_of_two_streams_names_the_subject(self) -> None:
+        """`job.emit(pipeline, event, subject=...)` encodes with that Stream; without it, the
+        error says to choose; subject= with a subject target is refused."""
+        two = (Stream("e1", FanbaseEvent) | Stream("e2", bytes)) >> Route(to_email) >> Queue("eq")
+        event = FanbaseEvent(fan="ada")
+        assert resolve(two, event, "e1") == ("e1", event.SerializeToString())
+        assert resolve(two, b"raw", "e2") == ("e2", b"raw")
+        with pytest.raises(PipelineError) as info:
+            resolve(two, event)
+        assert (
+            message(info)
+            == "pipeline 'e1-eq' reads several streams ('e1', 'e2'); say which subject"
+        )
+        with pytest.raises(PipelineError) as info:
+            resolve("e1", event, "e2")
+        assert message(info) == "emit to subject 'e1': subject= is for a pipeline target"

@@ -32,10 +32,16 @@ class Emitter:
         self._redis = redis
 
     async def emit(
-        self, job_key: str, job_id: str, n: int, target: Pipeline | str, event: Any
+        self,
+        job_key: str,
+        job_id: str,
+        n: int,
+        target: Pipeline | str,
+        event: Any,
+        subject: str | None = None,
     ) -> int:
         """Publish `event` as the `n`-th emit of a job; returns the stream sequence."""
-        subject, payload = _resolve(target, event)
+        subject, payload = resolve(target, event, subject)
         mark = f"emitted:{n}"
         done = await self._redis.hget(job_key, mark)
         if done is not None:
@@ -45,11 +51,17 @@ class Emitter:
         return seq
 
 
-def _resolve(target: Pipeline | str, event: Any) -> tuple[str, bytes]:
+def resolve(target: Pipeline | str, event: Any, subject: str | None = None) -> tuple[str, bytes]:
+    """The subject `event` goes to and its bytes: the pipeline's Stream (the one on `subject`,
+    when it reads several) encodes it, or it goes to the subject `target` names.
+
+    Raises:
+        PipelineError: no such Stream, several and no `subject`, or an event it cannot encode.
+    """
     from .._pipeline import Pipeline
 
     if isinstance(target, Pipeline):
-        stream = target.stream()  # raises unless it has exactly one
+        stream = target.stream(subject)
         if isinstance(event, bytes):
             return stream.subject, event
         if stream.encode is None:
@@ -57,6 +69,8 @@ def _resolve(target: Pipeline | str, event: Any) -> tuple[str, bytes]:
                 f"{stream.describe()} cannot encode {type(event).__name__}; emit bytes"
             )
         return stream.subject, stream.encode(event)
+    if subject is not None:
+        raise PipelineError(f"emit to subject {target!r}: subject= is for a pipeline target")
     if isinstance(event, bytes):
         return target, event
     serialize = getattr(event, "SerializeToString", None)

@@ -108,18 +108,19 @@ class JobContext:
         if self._bus is not None:
             self._bus.emit("job:progress", "job", job=self, progress=percent)
 
-    async def emit(self, target: Pipeline | str, event: Any) -> int:
+    async def emit(self, target: Pipeline | str, event: Any, *, subject: str | None = None) -> int:
         """Publish a follow-up `event` to another pipeline's stream (or a subject).
 
         Tied to this job: when the job is retried, an emit it already made is not published
         again (emits are matched by their order within the handler, so keep that order
-        deterministic). Returns the stream sequence.
+        deterministic). A pipeline that reads several streams needs the `subject` of one.
+        Returns the stream sequence.
         """
         if self._emitter is None:
             raise RuntimeError("this job was not started by a flowline worker; it cannot emit")
         n = self._emits
         self._emits += 1
-        return await self._emitter.emit(self._key, self.id, n, target, event)
+        return await self._emitter.emit(self._key, self.id, n, target, event, subject)
 
     def __repr__(self) -> str:
         return f"<Job {self.topic} id={self.id} attempt={self.attempt}>"
