@@ -277,8 +277,9 @@ class _Buffer:
         self.on_drop(count)
         return count
 
-    def take(self) -> list[tuple[int, bytes]]:
-        """The oldest pieces, up to `MAX_PER_ENTRY` events and `MAX_ENTRY` bytes (at least one)."""
+    def take(self) -> tuple[int, list[tuple[int, bytes]]]:
+        """The oldest pieces, up to `MAX_PER_ENTRY` events and `MAX_ENTRY` bytes (at least one),
+        and how many events they hold."""
         taken: list[tuple[int, bytes]] = []
         count = size = 0
         pieces = self.pieces
@@ -289,12 +290,12 @@ class _Buffer:
             taken.append(pieces.popleft())
             count, size = count + n, size + len(body) + 1
         self.pending -= count
-        return taken
+        return count, taken
 
-    def give_back(self, taken: list[tuple[int, bytes]]) -> None:
-        """Put pieces `take` returned back in front, in order (within `capacity`)."""
+    def give_back(self, count: int, taken: list[tuple[int, bytes]]) -> None:
+        """Put what `take` returned back in front, in order (within `capacity`)."""
         self.pieces.extendleft(reversed(taken))
-        self.pending += sum(n for n, _ in taken)
+        self.pending += count
         while len(self) > self.capacity and self.pieces:
             self._drop_oldest()
 
@@ -433,8 +434,7 @@ class EventLog:
                 await self._flush_one(pipeline, buffer)
 
     async def _flush_one(self, pipeline: str, buffer: _Buffer) -> None:
-        taken = buffer.take()
-        count = sum(n for n, _ in taken)
+        count, taken = buffer.take()
         try:
             await self._append(
                 keys=[stream_key(pipeline), index_key(pipeline)],
@@ -443,7 +443,7 @@ class EventLog:
         except BaseException:
             # Back to the front, in order: a call whose reply was lost may have gone
             # through, and its events are then written twice (same seq).
-            buffer.give_back(taken)
+            buffer.give_back(count, taken)
             raise
         self.written += count
 
