@@ -15,6 +15,7 @@ of its own: attach it to a source with ``>>``, or to several at once by joining 
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
@@ -26,7 +27,6 @@ from ._stages import (
     Route,
     Source,
     Stage,
-    Stream,
     label_from_callable,
     seconds,
 )
@@ -66,7 +66,7 @@ class Branch:
         return " >> ".join(s.describe() for s in parts)
 
 
-class Assembly:
+class Assembly(abc.ABC):
     """What pipelines and chains share: branches, a pending Route, queues and handlers."""
 
     branches: tuple[Branch, ...]
@@ -83,6 +83,8 @@ class Assembly:
         self.queues = tuple(built.queues)
         self.topics = built.topics
         self._own: set[str] = set()  # topics dequeued here, not carried in from a Chain
+        # Part of another pipeline or chain, which copied the handlers: no more may be added.
+        self._used = False
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -98,8 +100,9 @@ class Assembly:
         """The queue that owns `topic`: the one listing it, else the one listing no topics."""
         return _owner(self.queues, topic, self._label())
 
+    @abc.abstractmethod
     def _label(self) -> str:
-        raise NotImplementedError
+        """How errors name it: ``pipeline 'name'``, ``chain Route(r) >> Queue('q')``."""
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -158,7 +161,11 @@ class Assembly:
             raise PipelineError(
                 f"dequeue({topic!r}): handler must be callable, got {type(handler).__name__}"
             )
-        self._check_open(topic)
+        if self._used:
+            raise PipelineError(
+                f"dequeue({topic!r}): {self._label()} is already part of a pipeline or "
+                f"another chain, which would not get the handler; register handlers first"
+            )
         if topic in self.topics:
             raise PipelineError(
                 f"topic {topic!r} is already dequeued by "
@@ -178,9 +185,6 @@ class Assembly:
         self._own.add(topic)
         return handler
 
-    def _check_open(self, topic: str) -> None:
-        """Raise if handlers may no longer be added (a Chain already attached to a source)."""
-
 
 class Chain(Assembly):
     """Stages without a source (a Route, queues, or both) and their handlers.
@@ -196,10 +200,6 @@ class Chain(Assembly):
     (Those are two pipelines, so they could not share the queue ``email``: see `Pipeline` for
     one pipeline with two sources.)
     """
-
-    def __init__(self, parts: Sequence[object]) -> None:
-        super().__init__(parts)
-        self._attached = False
 
     def __rshift__(self, other: object) -> Chain:
         if not isinstance(other, (Stage, Chain)):
@@ -220,13 +220,6 @@ class Chain(Assembly):
 
     def _label(self) -> str:
         return f"chain {self.describe()}"
-
-    def _check_open(self, topic: str) -> None:
-        if self._attached:
-            raise PipelineError(
-                f"dequeue({topic!r}): chain {self.describe()} is already part of a pipeline or "
-                f"another chain, which would not get the handler; register handlers first"
-            )
 
 
 def _owner(queues: Sequence[Queue], topic: str, label: str) -> Queue:
@@ -280,11 +273,11 @@ class _Builder:
                     "(Stream('a', A) >> Route(ra) | Cron(...) >> Route(rc)) >> Queue('q')"
                 )
         self.branches += [[b.source, b.route] for b in part.branches]
+        part._used = True
 
     def _assembly(self, part: Assembly) -> None:
-        if isinstance(part, Chain):
-            part._attached = True
-        elif part._own:
+        part._used = True
+        if not isinstance(part, Chain) and part._own:
             # The new pipeline would silently start without the handlers (as .named would).
             raise PipelineError(f"extend {part._label()} before registering handlers on it")
         if part.branches and self.branches:
@@ -295,8 +288,8 @@ class _Builder:
                 f"or run several pipelines together with Pipelines(...)"
             )
         self.branches += [[b.source, b.route] for b in part.branches]
-        for stage in [part.pending_route] if part.pending_route is not None else []:
-            self._stage(stage)
+        if part.pending_route is not None:
+            self._stage(part.pending_route)
         for queue in part.queues:
             self._stage(queue)
         for name, topic in part.topics.items():
@@ -394,19 +387,16 @@ class _Builder:
 
 def _check_sources(sources: Iterable[Source]) -> None:
     """Two branches reading one subject, or one cron topic, would make jobs with one id."""
-    seen: dict[tuple[str, str], Source] = {}
+    seen: dict[str, Source] = {}  # by name: a Stream's is its subject, a Cron's cron:<topic>
     for source in sources:
-        key = (
-            ("subject", source.subject)
-            if isinstance(source, Stream)
-            else ("cron topic", source.topic)
-            if isinstance(source, Cron)
-            else ("source", repr(source))
-        )
-        if key in seen:
-            raise PipelineError(
-                f"{source.describe()} and {seen[key].describe()} share the {key[0]} "
-                f"{key[1]!r} in one pipeline: their jobs would get the same ids; join each "
-                f"source once"
+        if source.name in seen:
+            shared = (
+                f"the cron topic {source.topic!r}"
+                if isinstance(source, Cron)
+                else f"the subject {source.name!r}"
             )
-        seen[key] = source
+            raise PipelineError(
+                f"{source.describe()} and {seen[source.name].describe()} share {shared} in one "
+                f"pipeline: their jobs would get the same ids; join each source once"
+            )
+        seen[source.name] = source

@@ -172,7 +172,7 @@ class Pipeline(Assembly):
         return " >> ".join([heads, *(q.describe() for q in self.queues)])
 
     def _label(self) -> str:
-        return f"pipeline {self.name!r}" if hasattr(self, "name") else self.describe()
+        return f"pipeline {self.name!r}"
 
     # -- events ---------------------------------------------------------------------------------
 

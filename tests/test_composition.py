@@ -272,6 +272,17 @@ class TestCompositionChecks:
             "or another chain, which would not get the handler; register handlers first"
         )
 
+    def test_handlers_added_to_a_pipeline_after_it_was_extended_are_refused(self) -> None:
+        """The same for a pipeline: the longer one was built without the late handler."""
+        head = Stream("s", bytes) >> Route(to_email) >> Queue("q")
+        _ = head >> Queue("more")
+        with pytest.raises(PipelineError) as info:
+            head.dequeue("send-email", send_email)
+        assert message(info) == (
+            "dequeue('send-email'): pipeline 's-q' is already part of a pipeline or another "
+            "chain, which would not get the handler; register handlers first"
+        )
+
     def test_a_source_after_a_chain_is_refused(self) -> None:
         """`chain >> Stream`: a source starts a pipeline; the message shows it."""
         with pytest.raises(PipelineError) as info:
