@@ -18,7 +18,7 @@ from nats.js.api import StorageType, StreamConfig
 from redis.asyncio import Redis
 
 from examples.fanbase.fanbase_pb2 import FanbaseEvent
-from flowline.runtime.ingest import stream_name_for
+from flowline.backends.jetstream import stream_name_for
 
 if TYPE_CHECKING:
     from flowline.observability.metrics import Metrics

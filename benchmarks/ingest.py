@@ -45,6 +45,15 @@ async def _acked_all(js: Any, stream: str, durable: str, events: int) -> None:
     await common.until(acked, within=300, what=f"{events} acks")
 
 
+def _ready(js: Any) -> Any:
+    """The connect callable `JetStreamSource` takes, for a context already connected."""
+
+    async def connect() -> Any:
+        return js
+
+    return connect
+
+
 async def _noop(job: Any) -> None:
     return None
 
@@ -63,9 +72,10 @@ async def _flowline(
     """
     from examples.fanbase.pipeline import router
     from flowline import Queue, Route, Settings, Stream
+    from flowline.backends.jetstream import JetStreamSource
+    from flowline.backends.redis import RedisStore
     from flowline.runtime.connections import connect_nats, connect_redis
     from flowline.runtime.ingest import StreamIngest
-    from flowline.runtime.scripts import Scripts
 
     observed = common.observe(metrics=metrics, logs=logs)
     pipeline = Stream(SUBJECT, FanbaseEvent) >> Route(router) >> Queue(QUEUE)
@@ -77,7 +87,8 @@ async def _flowline(
     redis = await connect_redis(settings)
     source = pipeline.source
     assert isinstance(source, Stream)
-    ingest = StreamIngest(pipeline, source, js, redis, Scripts(redis), metrics=observed)
+    streams = JetStreamSource(_ready(js))
+    ingest = StreamIngest(pipeline, source, streams, RedisStore(redis), metrics=observed)
     await ingest.setup()
     stop = asyncio.Event()
     window = common.Window()

@@ -90,9 +90,9 @@ async def _flowline(
 ) -> dict[str, Any]:
     """flowline's `QueueWorker` with a no-op async handler, default concurrency and batch."""
     from flowline import Queue, Route, Settings, Stream
+    from flowline.backends.redis import RedisStore
     from flowline.runtime.connections import connect_redis
     from flowline.runtime.eventlog import EventLog, stream_key
-    from flowline.runtime.scripts import Scripts
     from flowline.runtime.worker import QueueWorker
 
     observed = common.observe(metrics=metrics, logs=logs)
@@ -104,7 +104,7 @@ async def _flowline(
         return None
 
     redis = await connect_redis(Settings(nats_url=nats_url, redis_url=redis_url))
-    worker = QueueWorker(pipeline, queue, redis, Scripts(redis), metrics=observed)
+    worker = QueueWorker(pipeline, queue, RedisStore(redis), metrics=observed)
     await worker.setup()
     log = None
     if events:  # as `Runner` sets it up with the default retention

@@ -35,7 +35,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import ResponseError
 from taskiq import (
     AckableMessage,
     AsyncBroker,
@@ -49,15 +48,15 @@ from taskiq.depends.progress_tracker import TaskProgress, TaskState
 from taskiq.message import TaskiqMessage
 
 from ._settings import Settings
+from .backends.redis import RedisStore
 from .errors import JobError, JobTimeout, PipelineError, SerializationError
 from .runtime import jobs
 from .runtime.connections import connect_redis
 from .runtime.enqueue import Planned, write
 from .runtime.eventlog import EventLog
 from .runtime.job import JobContext, dumps, loads
-from .runtime.keys import GROUP
+from .runtime.keys import QueueKeys
 from .runtime.registry import Presence
-from .runtime.scripts import Scripts, flat
 from .runtime.worker import QueueWorker, Running, consumer_name
 
 if TYPE_CHECKING:
@@ -82,6 +81,7 @@ class FlowlineBroker(AsyncBroker):
         self.pipeline, self.queue, self.settings = pipeline, queue, settings
         self.consumer = consumer_name()
         self._worker: QueueWorker | None = None
+        self._store: RedisStore  # set with the worker, by `_connect`
         self._outcomes: dict[str, _Outcome] = {}
         self._next_upkeep = 0.0
         self.result_backend = FlowlineResultBackend(self)
@@ -92,9 +92,9 @@ class FlowlineBroker(AsyncBroker):
     async def _connect(self) -> QueueWorker:
         """The `QueueWorker` this broker settles jobs with (it holds the Redis client)."""
         if self._worker is None:
-            redis = await connect_redis(self.settings)
+            self._store = RedisStore(await connect_redis(self.settings))
             self._worker = QueueWorker(
-                self.pipeline, self.queue, redis, Scripts(redis), consumer=self.consumer
+                self.pipeline, self.queue, self._store, consumer=self.consumer
             )
         return self._worker
 
@@ -110,7 +110,7 @@ class FlowlineBroker(AsyncBroker):
             s = self.settings
             part = f"queue:{self.queue.name}"
             self._presence = Presence(
-                worker.redis,
+                self._store.redis,
                 self.consumer,
                 [self.pipeline.name],
                 s.heartbeat,
@@ -119,7 +119,7 @@ class FlowlineBroker(AsyncBroker):
             )
             await self._presence.register()
             if s.events_retention:
-                self._events = EventLog(worker.redis, self.consumer, s.events_retention)
+                self._events = EventLog(self._store.redis, self.consumer, s.events_retention)
                 self._events.attach([self.pipeline])
                 self._events.start()
             self._presence.start()
@@ -135,7 +135,7 @@ class FlowlineBroker(AsyncBroker):
             await self._events.close()
             self._events = None
         if self._worker is not None:
-            await self._worker.redis.aclose()
+            await self._store.close()
             self._worker = None
 
     async def kick(self, message: BrokerMessage) -> None:
@@ -166,8 +166,8 @@ class FlowlineBroker(AsyncBroker):
         row = Planned(
             self.queue.name, message.task_id, topic.name, encoded, due, "taskiq", priority
         )
-        worker = await self._connect()
-        await write(worker.redis, worker.scripts, [row])
+        await self._connect()
+        await write(self._store, [row])
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         """Yield the queue's jobs as taskiq messages; acknowledging one settles its job."""
@@ -206,36 +206,17 @@ class FlowlineBroker(AsyncBroker):
             await asyncio.gather(heartbeat, return_exceptions=True)
             for job in buffered:  # read, never handed to taskiq: readable again at once
                 worker.claims.pop(job.key, None)
-                await worker.scripts.release(
-                    keys=[job.stream], args=[GROUP, *flat([job.release_args()])]
-                )
+            if buffered:
+                await self._store.release(self.queue.name, self.consumer, list(buffered))
 
     async def _read(self, worker: QueueWorker) -> list[Running]:
         """Delayed jobs now due, jobs whose worker died, then new jobs (blocking briefly)."""
-        keys, scripts, rows = worker.keys, worker.scripts, []
+        store, name, rows = self._store, self.queue.name, []
         if time.monotonic() >= self._next_upkeep:
             self._next_upkeep = time.monotonic() + 0.25
-            await scripts.promote(
-                keys=[keys.jobs, keys.delayed], args=[keys.job_prefix, int(time.time() * 1000), 500]
-            )
-            vis, prefix = worker._vis_ms, keys.job_prefix
-            args: list[Any] = [GROUP, self.consumer, vis, _READ_COUNT, prefix]
-            for stream in keys.streams:
-                claimed = await scripts.reclaim(keys=[stream], args=args)
-                rows += [Running.from_reclaim(stream, row) for row in claimed]
-        streams: Any = dict.fromkeys(keys.streams, ">")
-        try:
-            reply: Any = await worker.redis.xreadgroup(
-                GROUP, self.consumer, streams, count=_READ_COUNT, block=250
-            )
-        except ResponseError as exc:
-            # Someone deleted the queue (FLUSHALL in tests), maybe while we blocked: recreate it.
-            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
-                raise
-            await worker.setup()
-            reply = None
-        for stream, entries in reply or ():
-            rows += [Running.from_entry(stream.decode(), e, f) for e, f in entries]
+            await store.promote(name, int(time.time() * 1000), 500)
+            rows += await store.reclaim(name, self.consumer, worker._vis_ms, _READ_COUNT)
+        rows += await store.read(name, self.consumer, _READ_COUNT, 0.25)
         ready = []
         for job in rows:
             worker.claims[job.key] = job
@@ -275,8 +256,7 @@ class FlowlineBroker(AsyncBroker):
                 data=data,
                 attempt=int(msg.labels.get("flowline_attempt", 1)) if msg else 1,
                 queue=self.queue.name,
-                redis=worker.redis if msg else None,
-                key=worker.keys.job(job_id),
+                store=self._store if msg else None,
                 bus=self.pipeline.bus,
             )
             bus = self.pipeline.bus
@@ -328,8 +308,9 @@ class FlowlineResultBackend(AsyncResultBackend[Any]):
 
     async def is_result_ready(self, task_id: str) -> bool:
         """True once the job completed or failed for good, or has no record."""
-        worker = await self.broker._connect()
-        state = await worker.redis.hget(worker.keys.job(task_id), "state")
+        await self.broker._connect()
+        redis = self.broker._store.redis
+        state = await redis.hget(QueueKeys(self.broker.queue.name).job(task_id), "state")
         return state is None or state in (b"completed", b"failed")
 
     async def get_result(self, task_id: str, with_logs: bool = False) -> TaskiqResult[Any]:
@@ -363,9 +344,10 @@ class FlowlineResultBackend(AsyncResultBackend[Any]):
         meta = progress.meta
         if isinstance(meta, bool) or not isinstance(meta, int | float) or not 0 <= meta <= 100:
             raise ValueError(f"flowline stores progress as a number within 0..100, got {meta!r}")
-        worker = await self.broker._connect()
+        await self.broker._connect()
+        key = QueueKeys(self.broker.queue.name).job(task_id)
         # Only onto an existing record: a stray call must not leave a record that never expires.
-        await worker.redis.eval(_SET_PROGRESS, 1, worker.keys.job(task_id), meta)
+        await self.broker._store.redis.eval(_SET_PROGRESS, 1, key, meta)
 
     async def get_progress(self, task_id: str) -> TaskProgress[Any] | None:
         """The job's state (taskiq's name for it where there is one) and progress percentage."""
@@ -375,10 +357,8 @@ class FlowlineResultBackend(AsyncResultBackend[Any]):
         return TaskProgress(state=_TASK_STATES.get(job.state, job.state), meta=job.progress)
 
     async def _job(self, task_id: str) -> jobs.JobInfo | None:
-        worker = await self.broker._connect()
-        queue = {self.broker.queue.name: jobs.subjects_of(self.broker.pipeline)}
-        found = await jobs.find(worker.redis, queue, task_id)
-        return found[0] if found else None
+        await self.broker._connect()
+        return await self.broker._store.job(self.broker.pipeline, self.broker.queue.name, task_id)
 
 
 async def _timed(worker: QueueWorker, topic: Topic, job: JobContext) -> Any:

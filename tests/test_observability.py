@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import flowline
 from flowline import Queue, Route, Settings, Stream
+from flowline.backends.jetstream import ensure_stream
 from flowline.errors import ConfigurationError
 from flowline.observability.metrics import BUCKETS, Histogram, Metrics
-from flowline.runtime.ingest import ensure_stream
 from flowline.servers import LocalServers, free_port
 
 from .conftest import ROOT, eventually, require

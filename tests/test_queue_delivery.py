@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from flowline.runtime.ingest import ensure_stream
+from flowline.backends.jetstream import ensure_stream
 from flowline.runtime.keys import GROUP, QueueKeys
 
 from .conftest import eventually, runs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from flowline.backends.jetstream import ensure_stream
 from flowline.runtime import registry
-from flowline.runtime.ingest import ensure_stream
 from flowline.runtime.keys import GROUP, QueueKeys
 from tests.apps.recorder import pipeline
 

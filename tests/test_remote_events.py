@@ -42,7 +42,7 @@ def batch(*topics: str, **data: Any) -> bytes:
 
 def ctx(**kw: Any) -> JobContext:
     args = {"id": "p:1:0", "topic": "t", "data": {"n": 1}, "attempt": 1, "queue": "q"}
-    return JobContext(**{**args, **kw}, redis=None, key="k", bus=None)
+    return JobContext(**{**args, **kw}, store=None, bus=None)
 
 
 async def recorded(redis: Redis, pipeline: str) -> list[Recorded]:

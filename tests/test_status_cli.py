@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
-from flowline.runtime.ingest import ensure_stream
+from flowline.backends.jetstream import ensure_stream
 from flowline.servers import free_port
 
 from .conftest import ROOT, eventually

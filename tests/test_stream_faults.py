@@ -22,9 +22,9 @@ from flowline import (
     Stream,
     UnknownTopicError,
 )
+from flowline.backends.redis import RedisStore
 from flowline.runtime.enqueue import plan, write
 from flowline.runtime.keys import QueueKeys
-from flowline.runtime.scripts import Scripts
 
 from .conftest import eventually
 
@@ -187,18 +187,18 @@ class TestRedelivery:
         rows = plan(
             pipeline, [Job("notify", {"fan": "once"})] * 3, f"faults:{ack.seq}", "stream", "r"
         )
-        assert await write(redis, Scripts(redis), rows) == 3
+        assert await write(RedisStore(redis), rows) == 3
         async with Runner(pipeline, settings):
             await eventually(lambda: consumer_idle(js, pipeline))
             await eventually(lambda: len(ran) == 3)
             await asyncio.sleep(0.3)
         assert sorted(r["id"] for r in ran) == ["faults:1:0", "faults:1:1", "faults:1:2"]
-        assert await write(redis, Scripts(redis), rows) == 0
+        assert await write(RedisStore(redis), rows) == 0
         assert await redis.xlen(QueueKeys("faults").jobs) == 0
 
 
 async def _stream(js) -> bool:
-    from flowline.runtime.ingest import ensure_stream
+    from flowline.backends.jetstream import ensure_stream
 
     await ensure_stream(js, "faults")
     return True

@@ -10,8 +10,6 @@ only the most recent one fires, once, when a process starts (``catch_up=True``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -20,25 +18,15 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from .enqueue import plan, write
-from .keys import cron_key
 from .routing import call_router
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from .._pipeline import Pipeline
     from .._stages import Cron
+    from ..backends.base import JobStore
     from ..observability.metrics import Metrics
-    from .scripts import Scripts
 
 log = structlog.get_logger("flowline.cron")
-
-# KEYS: mark. ARGV: tick ms. Raises the mark to the tick if it is higher.
-_RAISE = """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -80,17 +68,14 @@ class CronSource:
         self,
         pipeline: Pipeline,
         cron: Cron,
-        redis: Redis,
-        scripts: Scripts,
+        store: JobStore,
         metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
         self.cron = cron
-        self.redis = redis
-        self.scripts = scripts
-        self.mark = cron_key(pipeline.name, cron.topic)
-        self.raise_mark = redis.register_script(_RAISE)
+        self.store = store
+        self.clock = store.clock
         self.log = log.bind(pipeline=pipeline.name, stage="cron", topic=cron.topic)
 
     def _added(self, queue: str, count: int) -> None:
@@ -99,28 +84,28 @@ class CronSource:
 
     async def run(self, stop: asyncio.Event) -> None:
         first = True
+        clock, store, name, topic = self.clock, self.store, self.pipeline.name, self.cron.topic
         while not stop.is_set():
-            now = time.time()
+            now = clock.time()
             try:
-                last = await self.redis.get(self.mark)
+                last = await store.cron_mark(name, topic)
                 tick = previous_tick(self.cron, now)
                 if first and (last is None or not self.cron.catch_up):
                     # Start the schedule now: history is not replayed (see the module docstring).
-                    await self.raise_mark(keys=[self.mark], args=[int(tick * 1000)])
-                elif int(last or -1) < int(tick * 1000):
+                    await store.raise_cron_mark(name, topic, int(tick * 1000))
+                elif (last if last is not None else -1) < int(tick * 1000):
                     await self.fire(tick)
                 first = False
             except Exception as exc:
                 self.log.warning("cron check failed", error=repr(exc))
-            wait = max(0.01, min(1.0, next_tick(self.cron, time.time()) - time.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+            wait = max(0.01, min(1.0, next_tick(self.cron, clock.time()) - clock.time()))
+            await clock.wait(stop, wait)
 
     async def fire(self, tick: float) -> bool:
         """Fire the tick at `tick` unless another process holds its lease; True if fired."""
         tick_ms = int(tick * 1000)
-        lease = f"{self.mark}:lease:{tick_ms}"
-        if not await self.redis.set(lease, "1", nx=True, px=30_000):
+        name, topic = self.pipeline.name, self.cron.topic
+        if not await self.store.lease_tick(name, topic, tick_ms, 30_000):
             return False
         event = CronTick(self.cron.topic, datetime.fromtimestamp(tick, UTC))
         bus = self.pipeline.bus
@@ -137,16 +122,17 @@ class CronSource:
                     "cron",
                     "route",
                     born_ms=tick_ms,
+                    now=self.clock.time(),
                 )
-                await write(self.redis, self.scripts, rows, self._added)
+                await write(self.store, rows, self._added)
         except Exception as exc:
             if self.metrics is not None:
                 self.metrics.error(self.pipeline.name, "cron")
             bus.emit("error:cron", "cron", error=exc, event=event)
             self.log.warning("cron tick failed; it will be retried", error=repr(exc))
-            await self.redis.delete(lease)
+            await self.store.drop_tick_lease(name, topic, tick_ms)
             return False
-        await self.raise_mark(keys=[self.mark], args=[tick_ms])
+        await self.store.raise_cron_mark(name, topic, tick_ms)
         if self.metrics is not None:
             self.metrics.cron_tick(self.pipeline.name, self.cron.topic)
         self.log.info("cron fired", scheduled=event.scheduled.isoformat())

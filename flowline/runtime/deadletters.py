@@ -18,11 +18,12 @@ from .keys import QueueKeys, stream_dead_letters
 from .scripts import Scripts
 
 if TYPE_CHECKING:
-    from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from redis.asyncio import Redis
 
     from .._pipeline import Pipeline
+    from ..backends.base import JobStore
+    from ..backends.base import Message as Msg
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def job_record(
     attempts: int,
     err: BaseException,
     created: str | None = None,
+    now: float | None = None,
 ) -> str:
     """The JSON record of a job that exhausted its attempts.
 
@@ -73,14 +75,14 @@ def job_record(
             **payload,
             "attempts": attempts,
             "created": created,
-            "failed_at": time.time(),
+            "failed_at": time.time() if now is None else now,
             **describe_error(err),
         }
     )
 
 
 async def bury_message(
-    redis: Redis,
+    store: JobStore,
     pipeline: str,
     msg: Msg,
     err: BaseException,
@@ -98,12 +100,10 @@ async def bury_message(
         "sequence": msg.metadata.sequence.stream,
         "payload_b64": base64.b64encode(msg.data).decode(),
         "attempts": deliveries,
-        "failed_at": time.time(),
+        "failed_at": store.clock.time(),
         **describe_error(err),
     }
-    keys = stream_dead_letters(pipeline)
-    entry = await redis.xadd(keys.dead, {"record": json.dumps(record)})
-    return entry.decode() if isinstance(entry, bytes) else str(entry)
+    return await store.bury(pipeline, json.dumps(record))
 
 
 def stores(pipeline: Pipeline) -> list[str]:
@@ -112,16 +112,6 @@ def stores(pipeline: Pipeline) -> list[str]:
         stream_dead_letters(pipeline.name).dead,
         *(QueueKeys(q.name).dead for q in pipeline.queues),
     ]
-
-
-async def listing(redis: Redis, pipeline: Pipeline, limit: int = 1000) -> list[DeadLetter]:
-    """Dead letters of a pipeline, oldest first."""
-    out = []
-    for store in stores(pipeline):
-        entries: Any = await redis.xrange(store, count=limit)  # redis-py's typing is loose here
-        for entry_id, fields in entries:
-            out.append(DeadLetter(_s(entry_id), store, json.loads(fields[b"record"])))
-    return out
 
 
 async def replay(

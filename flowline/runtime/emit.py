@@ -17,23 +17,22 @@ from typing import TYPE_CHECKING, Any
 from ..errors import PipelineError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from .._pipeline import Pipeline
+    from ..backends.base import JobStore
 
 
 class Emitter:
     """Publishes on behalf of jobs; shared by every worker of a process."""
 
     def __init__(
-        self, publish: Callable[[str, bytes, str | None], Awaitable[int]], redis: Redis
+        self, publish: Callable[[str, bytes, str | None], Awaitable[int]], store: JobStore
     ) -> None:
         self._publish = publish
-        self._redis = redis
+        self._store = store
 
     async def emit(
         self,
-        job_key: str,
+        queue: str,
         job_id: str,
         n: int,
         target: Pipeline | str,
@@ -42,12 +41,11 @@ class Emitter:
     ) -> int:
         """Publish `event` as the `n`-th emit of a job; returns the stream sequence."""
         subject, payload = resolve(target, event, subject)
-        mark = f"emitted:{n}"
-        done = await self._redis.hget(job_key, mark)
+        done = await self._store.emitted(queue, job_id, n)
         if done is not None:
-            return int(done)
+            return done
         seq = await self._publish(subject, payload, f"{job_id}:emit:{n}")
-        await self._redis.hset(job_key, mark, seq)
+        await self._store.mark_emitted(queue, job_id, n, seq)
         return seq
 
 

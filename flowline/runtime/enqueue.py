@@ -10,14 +10,10 @@ from typing import TYPE_CHECKING, NamedTuple
 from .._stages import Job, seconds
 from ..errors import SerializationError, UnknownTopicError
 from .job import dumps
-from .keys import QueueKeys
-from .scripts import ENQUEUE, Scripts
 
 if TYPE_CHECKING:
-    from redis import Redis as SyncRedis
-    from redis.asyncio import Redis
-
     from .._pipeline import Pipeline
+    from ..backends.base import JobStore
 
 
 class Planned(NamedTuple):
@@ -48,8 +44,11 @@ def plan(
     *,
     born_ms: int = 0,
     trace: str = "",
+    now: float | None = None,
 ) -> list[Planned]:
     """Give each job its id (``<base_id>:<index>``, or ``key:<key>``) and encode its data.
+
+    A delayed job is due `delay` after `now` (epoch seconds; default: the machine's clock).
 
     Raises:
         UnknownTopicError: a job's topic has no handler in the pipeline.
@@ -59,6 +58,8 @@ def plan(
     # Routers often give several jobs the same data object: encode it once (ids are stable
     # while `jobs` holds the objects).
     encoded: dict[int, str] = {}
+    if now is None:
+        now = time.time()
     for index, job in enumerate(jobs):
         topic = pipeline.topics.get(job.topic)
         if topic is None:
@@ -75,7 +76,7 @@ def plan(
             except SerializationError as exc:
                 exc.add_note(f"[while running stage {stage!r}]")
                 raise
-        due = 0 if not job.delay else int((time.time() + seconds(job.delay)) * 1000)
+        due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
         rows.append(
             Planned(
@@ -85,49 +86,37 @@ def plan(
     return rows
 
 
-def direct(pipeline: Pipeline, job: Job, *, trace: str = "") -> list[Planned]:
+def direct(
+    pipeline: Pipeline, job: Job, *, trace: str = "", now: float | None = None
+) -> list[Planned]:
     """The row of one job enqueued without a stream: a unique id, or ``key:<key>`` if keyed."""
-    return plan(pipeline, [job], f"direct:{uuid.uuid4().hex}", "direct", "enqueue", trace=trace)
+    base = f"direct:{uuid.uuid4().hex}"
+    return plan(pipeline, [job], base, "direct", "enqueue", trace=trace, now=now)
 
 
-def _calls(rows: list[Planned]) -> list[tuple[str, list[str], list[str | int]]]:
-    """(queue, KEYS, ARGV) of one ENQUEUE call per queue and priority class the rows go to."""
-    by_stream: dict[tuple[str, bool], list[Planned]] = {}
+def by_queue(rows: Iterable[Planned]) -> dict[str, list[Planned]]:
+    """Rows grouped by their queue, in order."""
+    grouped: dict[str, list[Planned]] = {}
     for row in rows:
-        by_stream.setdefault((row.queue, row.priority > 0), []).append(row)
-    now_ms = int(time.time() * 1000)
-    now = str(now_ms)
-    calls = []
-    for (name, urgent), group in by_stream.items():
-        keys = QueueKeys(name)
-        args: list[str | int] = [keys.job_prefix, now]
-        for r in group:
-            args += (r.id, r.topic, r.data, r.due_ms, r.origin, r.born_ms or now_ms, r.trace)
-        calls.append((name, [keys.urgent if urgent else keys.jobs, keys.delayed], args))
-    return calls
+        grouped.setdefault(row.queue, []).append(row)
+    return grouped
 
 
 async def write(
-    redis: Redis,
-    scripts: Scripts,
+    store: JobStore,
     rows: list[Planned],
     added: Callable[[str, int], None] | None = None,
 ) -> int:
-    """Write rows with one atomic script call per queue; returns how many were new.
+    """Write rows with one atomic store call per queue; returns how many were new.
 
     Args:
         added: called with (queue, how many were new) after each queue's call (metrics).
     """
     total = 0
-    for queue, keys, args in _calls(rows):
-        new = int(await scripts.enqueue(keys=keys, args=args))
+    now_ms = int(store.clock.time() * 1000)
+    for queue, group in by_queue(rows).items():
+        new = await store.enqueue(queue, group, now_ms)
         total += new
         if added is not None:
             added(queue, new)
     return total
-
-
-def write_sync(redis: SyncRedis, rows: list[Planned]) -> int:
-    """`write` for code that is not async (a Django view, a script)."""
-    script = redis.register_script(ENQUEUE)
-    return sum(int(script(keys=keys, args=args)) for _, keys, args in _calls(rows))

@@ -2,35 +2,24 @@
 
 Opt in with ``Route(router, fan_in=True)``; then ``route:complete`` is emitted (once, by the
 worker that finishes the last job) when all jobs of a message have completed or been
-dead-lettered. Before a message's jobs are enqueued its total is recorded with HSETNX, so a
-redelivery cannot reset it; each finished job adds its id to a set, so a job that runs twice
-counts once. Both keys of a message share one hash tag: each call touches a single slot.
-Jobs given an explicit idempotency ``key`` are not counted.
+dead-lettered. Before a message's jobs are enqueued its total is recorded, first write wins,
+so a redelivery cannot reset it; each finished job is counted by id, so a job that runs twice
+counts once (`JobStore.fan_in_totals`, `JobStore.fan_in_finished`). In Redis both keys of a
+message share one hash tag: each call touches a single slot. Jobs given an explicit
+idempotency ``key`` are not counted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-# KEYS: meta hash, done set. ARGV: job id, keep seconds.
-# Returns the total when this finish completes the message (once), else 0.
-FINISH = """
-local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
-if total == 0 then return 0 end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-if redis.call('SCARD', KEYS[2]) >= total and redis.call('HSETNX', KEYS[1], 'fired', 1) == 1 then
-  return total
-end
-return 0
-"""
+    from .enqueue import Planned
 
 
 def keys(pipeline: str, origin: str) -> tuple[str, str]:
-    """The meta hash and done set of the message `origin` (``<stream>:<sequence>``)."""
+    """The Redis meta hash and done set of the message `origin` (``<stream>:<sequence>``)."""
     base = f"flowline:fanin:{{{pipeline}:{origin}}}"
     return base, base + ":done"
 
@@ -40,39 +29,16 @@ def origin_of(job_id: str) -> str:
     return job_id.rsplit(":", 1)[0]
 
 
-async def register(redis: Redis, pipeline: str, totals: dict[str, int], keep: int) -> None:
-    """Record how many jobs each message produced (first write wins)."""
-    pipe = redis.pipeline(transaction=False)
-    for origin, total in totals.items():
-        meta, _ = keys(pipeline, origin)
-        pipe.hsetnx(meta, "total", total)
-        pipe.expire(meta, keep)
-    await pipe.execute()
+def routed(job_id: str) -> bool:
+    """Whether a job id is one of a routed message's (``<stream>:<sequence>:<index>``)."""
+    return not job_id.startswith(("key:", "direct:", "cron:"))
 
 
-class FanIn:
-    """Counts finished jobs for one pipeline; says which messages just completed."""
-
-    def __init__(self, redis: Redis, pipeline: str, keep: int) -> None:
-        self.pipeline = pipeline
-        self.keep = keep
-        self.script = redis.register_script(FINISH)
-        self.redis = redis
-
-    async def finished(self, job_ids: list[str]) -> list[tuple[str, int]]:
-        """Mark jobs finished; returns (origin, total) for each message now complete."""
-        pipe = self.redis.pipeline(transaction=False)
-        origins = []
-        for job_id in job_ids:
-            # Only routed jobs (<stream>:<seq>:<index>) have a registered total; FINISH would
-            # answer 0 for the others too, this just spares the round trip.
-            if job_id.startswith(("key:", "direct:", "cron:")):
-                continue
-            origin = origin_of(job_id)
-            origins.append(origin)
-            meta, done = keys(self.pipeline, origin)
-            await self.script(keys=[meta, done], args=[job_id, self.keep], client=pipe)
-        if not origins:
-            return []
-        results = await pipe.execute()
-        return [(o, int(t)) for o, t in zip(origins, results, strict=True) if int(t)]
+def totals(rows: Iterable[Planned]) -> dict[str, int]:
+    """How many jobs each stream message of `rows` produced."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.origin == "stream" and routed(row.id):
+            origin = origin_of(row.id)
+            counts[origin] = counts.get(origin, 0) + 1
+    return counts

@@ -12,14 +12,10 @@ import contextlib
 import functools
 import inspect
 import random
-import re
-import time
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
-import nats.js.errors
 import structlog
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from ..errors import (
     DecodeError,
@@ -35,43 +31,13 @@ from .enqueue import Planned, plan, write
 from .routing import call_router
 
 if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-    from nats.js import JetStreamContext
-    from redis.asyncio import Redis
-
     from .._pipeline import Pipeline
     from .._stages import Stream
+    from ..backends.base import Consumer, JobStore, StreamSource
+    from ..backends.base import Message as Msg
     from ..observability.metrics import Metrics
-    from .scripts import Scripts
 
 log = structlog.get_logger("flowline.ingest")
-
-
-def stream_name_for(subject: str) -> str:
-    """The JetStream stream flowline creates for a subject when none captures it."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", subject)
-
-
-async def ensure_stream(js: JetStreamContext, subject: str) -> str:
-    """The name of the stream capturing `subject`, creating a file-backed one if none does."""
-    try:
-        return str(await js.find_stream_name_by_subject(subject))
-    except nats.js.errors.NotFoundError:
-        name = stream_name_for(subject)
-        try:
-            await js.add_stream(
-                StreamConfig(
-                    name=name,
-                    subjects=[subject],
-                    storage=StorageType.FILE,
-                    duplicate_window=120.0,
-                )
-            )
-        except nats.js.errors.BadRequestError:
-            # Another flowline process created it between our lookup and our create.
-            return str(await js.find_stream_name_by_subject(subject))
-        log.info("created stream", stream=name, subject=subject)
-        return name
 
 
 class StreamIngest:
@@ -81,16 +47,16 @@ class StreamIngest:
         self,
         pipeline: Pipeline,
         stream: Stream[Any],
-        js: JetStreamContext,
-        redis: Redis,
-        scripts: Scripts,
+        source: StreamSource,
+        store: JobStore,
         metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.stream = stream
-        self.js = js
-        self.redis = redis
-        self.scripts = scripts
+        self.source = source
+        self.store = store
+        self.clock = store.clock
+        self.sub: Consumer | None = None
         self.bus = pipeline.bus
         self.route = pipeline.route_for(stream)
         self.durable = stream.durable or pipeline.name
@@ -112,26 +78,21 @@ class StreamIngest:
 
     async def setup(self) -> None:
         """Create the stream (if no stream captures the subject) and the durable consumer."""
-        self.stream_name = await ensure_stream(self.js, self.stream.subject)
-        # max_deliver stays unlimited on the server: past the limit JetStream would drop the
-        # message silently, so flowline counts deliveries itself and dead-letters instead.
-        config = ConsumerConfig(
-            durable_name=self.durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+        self.stream_name = await self.source.ensure(self.stream.subject)
+        self.sub = await self.source.consumer(
+            self.stream_name,
+            self.stream.subject,
+            self.durable,
             ack_wait=self.stream.ack_wait,
-            max_deliver=-1,
             max_ack_pending=max(20_000, self.stream.batch * 8),
-            filter_subject=self.stream.subject,
-        )
-        self.sub = await self.js.pull_subscribe(
-            self.stream.subject, durable=self.durable, stream=self.stream_name, config=config
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and process batches until `stop` is set; never exits on a server fault."""
+        assert self.sub is not None, "setup() first"
         keepalive = asyncio.create_task(self._keepalive(stop), name=f"keepalive:{self.durable}")
         failures = 0
+        clock = self.clock
         try:
             while not stop.is_set():
                 try:
@@ -142,16 +103,16 @@ class StreamIngest:
                     failures += 1
                     delay = min(5.0, 0.1 * 2**failures)
                     self.log.warning("fetch failed; backing off", error=repr(exc), delay=delay)
-                    await asyncio.sleep(delay)
+                    await clock.sleep(delay)
                     continue
-                self._batch, self._batch_started = msgs, time.monotonic()
+                self._batch, self._batch_started = msgs, clock.monotonic()
                 try:
                     ok = await self.process(msgs)
                 finally:
                     self._batch = []
                 failures = 0 if ok else failures + 1
                 if not ok:
-                    await asyncio.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+                    await clock.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
         finally:
             await keepalive
 
@@ -162,10 +123,9 @@ class StreamIngest:
         """
         interval = max(0.5, self.stream.ack_wait / 3)
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval / 2)
+            await self.clock.wait(stop, interval / 2)
             batch = self._batch
-            if batch and time.monotonic() - self._batch_started >= interval:
+            if batch and self.clock.monotonic() - self._batch_started >= interval:
                 for msg in batch:
                     if not msg._ackd:
                         with contextlib.suppress(Exception):
@@ -188,13 +148,10 @@ class StreamIngest:
             sending = self.tracing.send(rows) if self.tracing is not None else None
             try:
                 if self._fan_in:
-                    totals: dict[str, int] = {}
-                    for row in rows:
-                        if row.origin == "stream" and not row.id.startswith("key:"):
-                            origin = fanin.origin_of(row.id)
-                            totals[origin] = totals.get(origin, 0) + 1
-                    await fanin.register(self.redis, self.pipeline.name, totals, self._keep)
-                await write(self.redis, self.scripts, rows, self._added)
+                    await self.store.fan_in_totals(
+                        self.pipeline.name, fanin.totals(rows), self._keep
+                    )
+                await write(self.store, rows, self._added)
             except Exception as exc:
                 if sending is not None:
                     sending.fail(exc)
@@ -279,6 +236,7 @@ class StreamIngest:
                     "route",
                     born_ms=int(meta.timestamp.timestamp() * 1000),
                     trace=trace,
+                    now=self.clock.time(),
                 )
             except Exception as exc:
                 err: Exception = (
@@ -311,7 +269,7 @@ class StreamIngest:
         """Dead-letter a message, then terminate it; if Redis is down, hand it back instead."""
         try:
             entry = await deadletters.bury_message(
-                self.redis, self.pipeline.name, msg, err, stage, deliveries, self.stream_name
+                self.store, self.pipeline.name, msg, err, stage, deliveries, self.stream_name
             )
         except Exception as exc:
             self.log.warning("could not dead-letter message; will retry", error=repr(exc))

@@ -7,15 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from ..errors import SerializationError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from .._events import EventBus
     from .._pipeline import Pipeline
+    from ..backends.base import JobStore
     from .emit import Emitter
 
 log = structlog.get_logger("flowline.job")
@@ -59,8 +57,7 @@ class JobContext:
         "_bus",
         "_emits",
         "_emitter",
-        "_key",
-        "_redis",
+        "_store",
         "attempt",
         "data",
         "id",
@@ -76,8 +73,7 @@ class JobContext:
         data: Any,
         attempt: int,
         queue: str,
-        redis: Redis | None,
-        key: str,
+        store: JobStore | None,
         bus: EventBus | None,
         emitter: Emitter | None = None,
     ) -> None:
@@ -86,8 +82,7 @@ class JobContext:
         self.data = data
         self.attempt = attempt
         self.queue = queue
-        self._redis = redis
-        self._key = key
+        self._store = store
         self._bus = bus
         self._emitter = emitter
         self._emits = 0
@@ -95,15 +90,15 @@ class JobContext:
     async def progress(self, percent: float) -> None:
         """Report progress (0..100): stored on the job record and emitted as ``job:progress``.
 
-        Best effort: when Redis cannot store it (an outage), a warning is logged and the
-        handler goes on; progress is information, never a reason for the job to fail.
+        Best effort: when the store cannot keep it (a Redis outage), a warning is logged and
+        the handler goes on; progress is information, never a reason for the job to fail.
         """
         if not 0 <= percent <= 100:
             raise ValueError(f"progress must be within 0..100, got {percent}")
-        if self._redis is not None:
+        if self._store is not None:
             try:
-                await self._redis.hset(self._key, "progress", percent)
-            except RedisError as exc:
+                await self._store.progress(self.queue, self.id, percent)
+            except Exception as exc:
                 log.warning("progress not stored", job=self.id, progress=percent, error=repr(exc))
         if self._bus is not None:
             self._bus.emit("job:progress", "job", job=self, progress=percent)
@@ -120,7 +115,7 @@ class JobContext:
             raise RuntimeError("this job was not started by a flowline worker; it cannot emit")
         n = self._emits
         self._emits += 1
-        return await self._emitter.emit(self._key, self.id, n, target, event, subject)
+        return await self._emitter.emit(self.queue, self.id, n, target, event, subject)
 
     def __repr__(self) -> str:
         return f"<Job {self.topic} id={self.id} attempt={self.attempt}>"

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._stages import Stream
+from ..backends.jetstream import stream_name_for
 from . import deadletters
 from .deadletters import DeadLetter
-from .ingest import stream_name_for
 from .keys import GROUP, QueueKeys
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ async def find(redis: Redis, queues: Mapping[str, Mapping[str, str]], job_id: st
         letter = None
         if record.get("state") == "failed":
             letter = await _letter_of(redis, name, job_id, record.get("finished"))
-        found.append(_info(job_id, name, queues[name], record, _s(holder), _s(due) or None, letter))
+        found.append(job_info(job_id, name, queues[name], record, _s(holder), _s(due) or None, letter))
     return found
 
 
@@ -199,7 +199,7 @@ async def running(
         for job_id, consumer, flat in reply:
             record = _record(flat)
             if record:  # a record gone (expired, deleted) leaves nothing to show
-                rows.append(_info(_s(job_id), name, queues[name], record, _s(consumer)))
+                rows.append(job_info(_s(job_id), name, queues[name], record, _s(consumer)))
     rows.sort(key=lambda j: j.created or 0)
     return rows[:limit]
 
@@ -226,7 +226,7 @@ async def delayed(
     for (name, job_id, score), raw in zip(due, await pipe.execute(), strict=True):
         if raw:
             record = {_s(k): _s(v) for k, v in raw.items()}
-            rows.append(_info(job_id, name, queues[name], record, due=str(score)))
+            rows.append(job_info(job_id, name, queues[name], record, due=str(score)))
     return rows
 
 
@@ -269,7 +269,7 @@ async def failed(
                     continue
                 seen.add((name, job_id))
                 counts[name] += 1
-                rows.append(_info(job_id, name, queues[name], record, letter=letter))
+                rows.append(job_info(job_id, name, queues[name], record, letter=letter))
         for name in [n for n in cursors if counts[n] >= limit]:
             del cursors[name]
     rows.sort(key=lambda j: j.finished or 0, reverse=True)
@@ -333,7 +333,7 @@ _JOB_KEYS = (
 )
 
 
-def _info(
+def job_info(
     job_id: str,
     queue: str,
     subjects: Mapping[str, str],
@@ -342,6 +342,13 @@ def _info(
     due: str | None = None,
     letter: DeadLetter | None = None,
 ) -> JobInfo:
+    """The `JobInfo` of a job record (its hash's fields, as text), as every store reads it.
+
+    Args:
+        holder: the consumer holding the job ('' when none does).
+        due: when a delayed job is due (ms, as text).
+        letter: a failed job's dead letter.
+    """
     origin = h.get("origin")
     return JobInfo(
         id=job_id,

@@ -8,7 +8,7 @@ from redis import Redis as SyncRedis
 
 from .. import _binding
 from .._settings import Settings
-from .enqueue import direct, write_sync
+from .enqueue import direct
 from .preview import Preview, preview
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ class LocalOps:
         return preview(pipeline, event, sequence=sequence, source=source)
 
     def enqueue_sync(self, pipeline: Pipeline, job: Job, redis_url: str | None) -> str:
+        # Imported here: this module is imported with `flowline.runtime`, which the Redis store
+        # itself imports.
+        from ..backends.redis import write_sync
+
         settings = Settings.from_env(redis_url=redis_url)
         rows = direct(pipeline, job)
         client = SyncRedis.from_url(settings.redis_url, **settings.redis_connect_options())

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .._stages import Cron, Source, Stream, seconds
+from ..backends.jetstream import stream_name_for
 from ..errors import PipelineError
 from .cron import CronTick
 from .enqueue import plan
-from .ingest import stream_name_for
 from .routing import call_router
 
 if TYPE_CHECKING:

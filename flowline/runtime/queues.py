@@ -5,15 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import jobs
 from .jobs import JobInfo as JobInfo  # defined with the lookups; public from here
-from .keys import GROUP, QueueKeys
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from .._pipeline import Pipeline
     from .._stages import Queue
+    from ..backends.base import JobStore
 
 
 @dataclass(frozen=True)
@@ -29,11 +26,10 @@ class QueueCounts:
 class QueueHandle:
     """A queue of a connected pipeline: ``pipeline.queue("name")``."""
 
-    def __init__(self, pipeline: Pipeline, queue: Queue, redis: Redis) -> None:
+    def __init__(self, pipeline: Pipeline, queue: Queue, store: JobStore) -> None:
         self.pipeline = pipeline
         self.queue = queue
-        self.keys = QueueKeys(queue.name)
-        self._redis = redis
+        self._store = store
 
     @property
     def name(self) -> str:
@@ -55,17 +51,8 @@ class QueueHandle:
         A job a worker holds is ``running`` (with `running_on`); a failed one carries its
         traceback and dead letter id; a delayed one when it is due.
         """
-        found = await jobs.find(self._redis, {self.name: jobs.subjects_of(self.pipeline)}, job_id)
-        return found[0] if found else None
+        return await self._store.job(self.pipeline, self.name, job_id)
 
     async def counts(self) -> QueueCounts:
         """Ready, running (claimed by a worker), delayed and dead jobs."""
-        r = self._redis
-        in_streams = running = 0
-        for stream in self.keys.streams:
-            in_streams += int(await r.xlen(stream))
-            groups = await r.xinfo_groups(stream) if await r.exists(stream) else []
-            running += sum(int(g["pending"]) for g in groups if g["name"] == GROUP.encode())
-        delayed = int(await r.zcard(self.keys.delayed))
-        dead = int(await r.xlen(self.keys.dead))
-        return QueueCounts(in_streams - running, running, delayed, dead)
+        return await self._store.counts(self.name)

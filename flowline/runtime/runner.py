@@ -12,7 +12,7 @@ import asyncio
 import functools
 import signal
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -24,6 +24,8 @@ from .._compile import Plan, compile_plan
 from .._pipeline import Pipeline
 from .._settings import Settings, redact
 from .._stages import Job, Queue, Stream
+from ..backends.jetstream import JetStreamSource
+from ..backends.redis import RedisStore
 from ..errors import EnqueueError, PipelineError
 from ..observability.http import HttpEndpoint, asgi_app
 from ..observability.metrics import Metrics
@@ -34,12 +36,14 @@ from .cron import CronSource
 from .emit import Emitter
 from .enqueue import direct, write
 from .eventlog import EventLog
-from .ingest import StreamIngest, ensure_stream
+from .ingest import StreamIngest
 from .probe import Probe
 from .queues import QueueHandle
 from .registry import Presence
-from .scripts import Scripts
 from .worker import QueueWorker, consumer_name
+
+if TYPE_CHECKING:
+    from ..backends.base import JobStore, StreamSource
 
 log = structlog.get_logger("flowline.runner")
 
@@ -53,6 +57,9 @@ class Runner:
         only: run only these parts (``stream``, ``cron``, ``queue``, ``queue:NAME``).
         registry: the prometheus-client registry for flowline's metrics (default: one of its
             own; ``prometheus_client.REGISTRY`` puts them beside your application's).
+        store, streams: the job store and stream source to run on instead of the settings'
+            Redis and NATS (`flowline.testing` passes in-memory ones). A runner given a store
+            keeps no process registry and no event log: both live in Redis.
     """
 
     def __init__(
@@ -62,6 +69,8 @@ class Runner:
         *,
         only: Iterable[str] | None = None,
         registry: CollectorRegistry | None = None,
+        store: JobStore | None = None,
+        streams: StreamSource | None = None,
     ) -> None:
         self.plan: Plan = compile_plan(target, only)
         self.settings = settings or Settings.from_env()
@@ -81,8 +90,11 @@ class Runner:
         if self.settings.http_port is not None:
             self.http = HttpEndpoint(self.asgi(), self.settings.http_host, self.settings.http_port)
         self._consumer = consumer_name()
-        self._known_streams: set[str] = set()
         self._nats_lock = asyncio.Lock()
+        self._given_store = store
+        self.store: JobStore = store  # type: ignore[assignment]  # set by start() when None
+        self.streams: StreamSource = streams or JetStreamSource(self.jetstream)
+        self._on_nats = streams is None
 
     def asgi(self) -> Any:
         """``/metrics``, ``/healthz`` and ``/readyz`` of this runner, as an ASGI app to mount."""
@@ -116,13 +128,14 @@ class Runner:
         parts = self._parts()
         # A runner that runs nothing (`connect`, `flowline publish`) connects to Redis when it
         # first enqueues or reads, so a producer that only publishes runs without Redis.
-        self.redis = await connect_redis(s, self._pool_size(), check=bool(parts))
-        self.scripts = Scripts(self.redis)
-        if parts and s.events_retention:
+        if self._given_store is None:
+            self.redis = await connect_redis(s, self._pool_size(), check=bool(parts))
+            self.store = RedisStore(self.redis)
+        if self.redis is not None and parts and s.events_retention:
             # Attached before any loop runs, so their first events are recorded too.
             self.events = EventLog(self.redis, self._consumer, s.events_retention)
             self.events.attach(self.plan.pipelines)
-        if parts:
+        if self.redis is not None and parts:
             self._presence = Presence(
                 self.redis,
                 self._consumer,
@@ -132,25 +145,23 @@ class Runner:
                 self._state,
             )
             await self._presence.register()
-        if self.plan.streams:
+        if self.plan.streams and self._on_nats:
             # Only a process that consumes a stream needs NATS from the start; a producer or a
             # queue worker connects when it first publishes (`jetstream`), so it runs without.
             await self.jetstream()
         for pipeline in self.plan.pipelines:
             pipeline._runner = self  # lets pipeline.publish / pipeline.enqueue use this runner
         for p, stream in self.plan.streams:
-            assert self.js is not None
-            ingest = StreamIngest(p, stream, self.js, self.redis, self.scripts, self.metrics)
+            ingest = StreamIngest(p, stream, self.streams, self.store, self.metrics)
             await ingest.setup()
             self.ingests.append(ingest)
             self._spawn(ingest.run(self.stop_event), f"stream:{p.name}")
-        emitter = Emitter(self.publish_to, self.redis)
+        emitter = Emitter(self.publish_to, self.store)
         for p, queue in self.plan.queues:
             worker = QueueWorker(
                 p,
                 queue,
-                self.redis,
-                self.scripts,
+                self.store,
                 concurrency=s.concurrency,
                 consumer=f"{self._consumer}-{queue.name}",
                 emitter=emitter,
@@ -160,7 +171,7 @@ class Runner:
             self.workers.append(worker)
             self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
         for p, cron in self.plan.crons:
-            source = CronSource(p, cron, self.redis, self.scripts, self.metrics)
+            source = CronSource(p, cron, self.store, self.metrics)
             self._spawn(source.run(self.stop_event), f"cron:{cron.topic}")
         log.info(
             "flowline started",
@@ -168,8 +179,8 @@ class Runner:
             streams=[st.subject for _, st in self.plan.streams],
             queues=[q.name for _, q in self.plan.queues],
             crons=[c.topic for _, c in self.plan.crons],
-            nats=redact(s.nats_url),
-            redis=redact(s.redis_url),
+            nats=redact(s.nats_url) if self._on_nats else "in memory",
+            redis=redact(s.redis_url) if self.redis is not None else "in memory",
             http=self.http.url if self.http is not None else None,
         )
         self.started = True
@@ -242,6 +253,9 @@ class Runner:
             await self.nc.close()
         if self.redis is not None:
             await self.redis.aclose()
+        elif self.store is not None:
+            await self.store.close()
+        await self.streams.close()
         if self.http is not None:
             await self.http.stop()
         crashed = [
@@ -292,16 +306,11 @@ class Runner:
 
     async def publish_to(self, subject: str, payload: bytes, msg_id: str | None = None) -> int:
         """Publish raw bytes to `subject` (creating its stream once); returns the sequence."""
-        js = await self.jetstream()
-        if subject not in self._known_streams:
-            await ensure_stream(js, subject)
-            self._known_streams.add(subject)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         tracing = get_tracing()
         if tracing is not None:
             headers = tracing.inject(headers)
-        ack = await js.publish(subject, payload, headers=headers)
-        return int(ack.seq)
+        return await self.streams.publish(subject, payload, headers)
 
     async def enqueue(
         self,
@@ -317,15 +326,15 @@ class Runner:
 
         With `key`, enqueueing the same key again (a retried HTTP request) is a no-op.
         """
-        assert self.redis is not None
         job = Job(topic, data, delay=delay, key=key, priority=priority)
         tracing = get_tracing()
-        rows = direct(pipeline, job, trace=tracing.traceparent() if tracing is not None else "")
+        trace = tracing.traceparent() if tracing is not None else ""
+        rows = direct(pipeline, job, trace=trace, now=self.store.clock.time())
         added = None
         if self.metrics is not None:
             added = functools.partial(self.metrics.enqueued, pipeline.name)
         try:
-            await write(self.redis, self.scripts, rows, added)
+            await write(self.store, rows, added)
         except Exception as exc:
             raise EnqueueError(
                 f"could not enqueue job {rows[0].id} of topic {topic!r}: {type(exc).__name__}: "
@@ -336,13 +345,11 @@ class Runner:
 
     def queue_handle(self, pipeline: Pipeline, queue: Queue) -> QueueHandle:
         """A handle on one of `pipeline`'s queues (``pipeline.queue(name)``)."""
-        assert self.redis is not None
-        return QueueHandle(pipeline, queue, self.redis)
+        return QueueHandle(pipeline, queue, self.store)
 
     async def dead_letters(self, pipeline: Pipeline) -> list[deadletters.DeadLetter]:
         """The pipeline's dead letters, oldest first."""
-        assert self.redis is not None
-        return await deadletters.listing(self.redis, pipeline)
+        return await self.store.dead_letters(pipeline, 1000)
 
 
 def connect(target: object, settings: Settings | None = None) -> Runner:

@@ -196,6 +196,28 @@ return redis.call('XDEL', KEYS[2], ARGV[3])
 """
 
 
+# Fan-in (`runtime.fanin`): KEYS: meta hash, done set. ARGV: job id, keep seconds.
+# Returns the total when this finish completes the message (once), else 0.
+FAN_IN = """
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if total == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if redis.call('SCARD', KEYS[2]) >= total and redis.call('HSETNX', KEYS[1], 'fired', 1) == 1 then
+  return total
+end
+return 0
+"""
+
+
+# Cron (`runtime.cron`): KEYS: mark. ARGV: tick ms. Raises the mark to the tick if it is higher.
+RAISE_MARK = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
 class Scripts:
     """The scripts registered on one Redis client (EVALSHA, reloaded on NOSCRIPT)."""
 
@@ -208,6 +230,8 @@ class Scripts:
         self.heartbeat: AsyncScript = redis.register_script(HEARTBEAT)
         self.release: AsyncScript = redis.register_script(RELEASE)
         self.replay: AsyncScript = redis.register_script(REPLAY)
+        self.fan_in: AsyncScript = redis.register_script(FAN_IN)
+        self.raise_mark: AsyncScript = redis.register_script(RAISE_MARK)
 
 
 def flat(rows: Any) -> list[Any]:

@@ -29,11 +29,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._stages import Cron, Stream
+from ..backends.jetstream import stream_name_for
 from ..errors import FlowlineError
 from . import registry
 from .connections import connect_nats, connect_redis
 from .cron import next_tick
-from .ingest import stream_name_for
 from .inspect import cron_marks, queue_states, stream_state
 
 if TYPE_CHECKING:

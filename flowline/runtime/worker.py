@@ -1,8 +1,8 @@
 """The queue side: run jobs with bounded concurrency, in batches, at least once.
 
-Hot path: one XREADGROUP fetches up to `batch` jobs; each runs as a task; finished jobs are
-completed by one script call per flush (XACK + XDEL + result), so the per-job cost is the
-handler plus a few microseconds. Safety: live workers refresh their claims (heartbeat), a
+Hot path: one store read (XREADGROUP in Redis) fetches up to `batch` jobs; each runs as a
+task; finished jobs are completed by one store call per flush (in Redis one script: XACK +
+XDEL + result), so the per-job cost is the handler plus a few microseconds. Safety: live workers refresh their claims (heartbeat), a
 dead worker's jobs are reclaimed after `visibility_timeout` with ``attempt`` counted up,
 failures retry with backoff and end in the dead-letter store, and shutdown hands unfinished
 jobs back instead of leaving them to time out.
@@ -18,33 +18,29 @@ import logging
 import os
 import random
 import socket
-import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.exceptions import ResponseError
 
 from .. import _logging
+from ..backends.base import Running
 from ..errors import Fail, JobError, JobTimeout, Retry, SerializationError, UnknownTopicError
 from ..observability.tracing import get_tracing
+from . import fanin
 from .deadletters import job_record
-from .fanin import FanIn
-from .inspect import STATS_BUCKET
 from .job import JobContext, dumps, loads
-from .keys import GROUP, QueueKeys
-from .scripts import flat
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from .._chain import Topic
     from .._pipeline import Pipeline
     from .._stages import Queue
+    from ..backends.base import JobStore
     from ..observability.metrics import JobStats, Metrics
     from .emit import Emitter
-    from .scripts import Scripts
+
+__all__ = ["QueueWorker", "Running", "consumer_name"]
 
 log = structlog.get_logger("flowline.worker")
 
@@ -54,69 +50,6 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-@dataclass(slots=True)
-class Running:
-    """A job this worker holds a claim on: running, or finished and waiting to be flushed."""
-
-    stream: str
-    entry: str
-    job_id: str
-    topic: str
-    data: bytes
-    attempt: int
-    born: int = 0  # when its work began (ms): the stream message's stored time, or enqueue
-    trace: str = ""  # the W3C traceparent its span continues, when tracing
-    task: asyncio.Task[None] | None = None
-    settling: bool = False  # its failure is being recorded
-    started: float = 0.0  # wall-clock start of the handler
-    duration: float = 0.0  # how long the handler ran (seconds)
-
-    @classmethod
-    def from_entry(cls, stream: str, entry: bytes, fields: dict[bytes, bytes]) -> Running:
-        """The job a ready stream's entry holds (entries written before `born` existed lack it)."""
-        born = fields.get(b"born")
-        trace = fields.get(b"trace")
-        return cls(
-            stream,
-            entry.decode(),
-            fields[b"id"].decode(),
-            fields[b"topic"].decode(),
-            fields[b"data"],
-            int(fields[b"attempt"]),
-            int(born) if born else 0,
-            trace.decode() if trace else "",
-        )
-
-    @classmethod
-    def from_reclaim(cls, stream: str, row: list[bytes]) -> Running:
-        """The job of one row the RECLAIM script returns."""
-        entry, job_id, topic, data, attempt, born, trace = row
-        return cls(
-            stream,
-            entry.decode(),
-            job_id.decode(),
-            topic.decode(),
-            data,
-            int(attempt),
-            int(born or 0),
-            trace.decode() if trace else "",
-        )
-
-    @property
-    def ready_at(self) -> float:
-        """When the job became ready (epoch seconds): Redis stamps it in the entry id."""
-        return int(self.entry.partition("-")[0]) / 1000
-
-    def release_args(self) -> tuple[str | bytes | int, ...]:
-        """Its row of the RELEASE script's ARGV."""
-        return (self.entry, self.job_id, self.topic, self.data, self.attempt, self.born, self.trace)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Entry ids are unique per stream only: urgent and normal entries may share one."""
-        return (self.stream, self.entry)
-
-
 class QueueWorker:
     """Runs the jobs of one queue in this process."""
 
@@ -124,8 +57,7 @@ class QueueWorker:
         self,
         pipeline: Pipeline,
         queue: Queue,
-        redis: Redis,
-        scripts: Scripts,
+        store: JobStore,
         *,
         concurrency: int | None = None,
         consumer: str | None = None,
@@ -138,9 +70,9 @@ class QueueWorker:
         self.topics: dict[str, Topic] = {
             name: t for name, t in pipeline.topics.items() if t.queue is queue
         }
-        self.redis = redis
-        self.scripts = scripts
-        self.keys = QueueKeys(queue.name)
+        self.store = store
+        self.clock = store.clock
+        self.name = queue.name
         self.opts = queue.options
         self.concurrency = concurrency or self.opts.concurrency
         self.consumer = consumer or consumer_name()
@@ -155,16 +87,15 @@ class QueueWorker:
         self._flush_wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._backlog: collections.deque[Running] = collections.deque()
-        self._keep = str(int(self.opts.keep_completed))
+        self._keep = int(self.opts.keep_completed)
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
         self._reclaim_after = 0.0  # monotonic time before which this worker does not reclaim
-        # One counter for the pipeline: its jobs from a source whose Route does not fan in
-        # have no total, and FINISH leaves them alone.
-        self._fan_in = (
-            FanIn(redis, pipeline.name, int(self.opts.keep_completed))
-            if any(route.fan_in for route in pipeline.routes)
-            else None
-        )
+        # One count for the pipeline: its jobs from a source whose Route does not fan in
+        # have no total, and the store leaves them alone.
+        self._fan_in = any(route.fan_in for route in pipeline.routes)
+        # Called with each job just before its handler (`flowline.testing` fails chosen
+        # attempts with it); what it raises is the handler's failure.
+        self.before: Callable[[JobContext], None] | None = None
         self._sync_handlers = {
             name: not (inspect.iscoroutinefunction(t.handler)) for name, t in self.topics.items()
         }
@@ -187,12 +118,7 @@ class QueueWorker:
 
     async def setup(self) -> None:
         """Create the queue's streams and consumer group if they do not exist yet."""
-        for stream in self.keys.streams:
-            try:
-                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        await self.store.setup(self.name)
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -201,9 +127,9 @@ class QueueWorker:
         # Helpers stop cooperatively through `_closing`, never by cancellation: redis-py can
         # swallow a CancelledError that lands mid-command, which would leave a loop running.
         helpers = [
-            asyncio.create_task(self._flusher(), name=f"flush:{self.queue.name}"),
-            asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.queue.name}"),
-            asyncio.create_task(self._maintain(stop), name=f"maintain:{self.queue.name}"),
+            asyncio.create_task(self._flusher(), name=f"flush:{self.name}"),
+            asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.name}"),
+            asyncio.create_task(self._maintain(stop), name=f"maintain:{self.name}"),
         ]
         try:
             await self._read(stop)
@@ -216,14 +142,12 @@ class QueueWorker:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, waking early when the worker is closing."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
+        await self.clock.wait(self._closing, seconds)
 
     async def _read(self, stop: asyncio.Event) -> None:
         failures = 0
-        # Urgent first: XREADGROUP answers streams in the order given.
-        streams = dict.fromkeys(self.keys.streams, ">")
         backlog = self._backlog
+        store, name, consumer = self.store, self.name, self.consumer
         while not stop.is_set():
             free = self.concurrency - self._running
             if free <= 0:
@@ -235,38 +159,23 @@ class QueueWorker:
                     self._start(backlog.popleft())
                 continue
             try:
-                reply: Any = await self.redis.xreadgroup(
-                    GROUP,
-                    self.consumer,
-                    streams,  # type: ignore[arg-type]  # redis-py wants an invariant dict type
-                    count=min(free, self.opts.batch),
-                    block=500,
-                )
+                jobs = await store.read(name, consumer, min(free, self.opts.batch), 0.5)
                 failures = 0
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
-                    # Someone deleted the queue (FLUSHALL in tests, or an operator): recreate it.
-                    await self.setup()
-                    continue
-                raise
             except Exception as exc:
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0)
-                self._redis_trouble()
+                self._store_trouble()
                 self.log.warning("reading jobs failed; backing off", error=repr(exc), delay=delay)
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 continue
-            for raw_stream, entries in reply or ():
-                stream = raw_stream.decode()
-                for entry, fields in entries:
-                    job = Running.from_entry(stream, entry, fields)
-                    # COUNT applies per stream, so both streams together may exceed the free
-                    # slots: the rest waits here, claimed and kept alive by the heartbeat.
-                    if self._running < self.concurrency:
-                        self._start(job)
-                    else:
-                        self.claims[job.key] = job
-                        backlog.append(job)
+            for job in jobs:
+                # A read may give more than the free slots (Redis counts per stream): the rest
+                # waits here, claimed and kept alive by the heartbeat.
+                if self._running < self.concurrency:
+                    self._start(job)
+                else:
+                    self.claims[job.key] = job
+                    backlog.append(job)
 
     def _start(self, job: Running) -> None:
         self.claims[job.key] = job
@@ -285,7 +194,7 @@ class QueueWorker:
             span = tracing.job(
                 topic=job.topic,
                 job_id=job.job_id,
-                queue=self.queue.name,
+                queue=self.name,
                 attempt=job.attempt,
                 traceparent=job.trace,
                 size=len(job.data),
@@ -294,7 +203,7 @@ class QueueWorker:
         try:
             if topic is None:
                 raise UnknownTopicError(
-                    f"queue {self.queue.name!r} has no handler for topic {job.topic!r}",
+                    f"queue {self.name!r} has no handler for topic {job.topic!r}",
                     stage="job",
                 )
             try:
@@ -308,15 +217,14 @@ class QueueWorker:
                 topic=job.topic,
                 data=data,
                 attempt=job.attempt,
-                queue=self.queue.name,
-                redis=self.redis,
-                key=self.keys.job_prefix + job.job_id,
+                queue=self.name,
+                store=self.store,
                 bus=bus,
                 emitter=self.emitter,
             )
             if bus.wants("job:start"):
                 bus.emit("job:start", "job", job=ctx)
-            job.started = started = time.time()
+            job.started = started = self.clock.time()
             stats = self._stats.get(job.topic)
             if stats is not None:
                 stats.started += 1
@@ -334,7 +242,7 @@ class QueueWorker:
                             stage=job.topic,
                         ) from exc
             finally:
-                job.duration = time.time() - started
+                job.duration = self.clock.time() - started
             encoded = dumps(result, what=f"result of job {job.job_id}")
         except asyncio.CancelledError as exc:
             if span is not None:
@@ -356,6 +264,8 @@ class QueueWorker:
             self._slot.set()
 
     async def _call(self, topic: Topic, ctx: JobContext) -> Any:
+        if self.before is not None:
+            self.before(ctx)
         if self._sync_handlers[topic.name]:
             # Sync handlers run in a thread, as in taskiq and Celery, so they cannot stall the loop.
             result = await asyncio.to_thread(topic.handler, ctx)
@@ -388,48 +298,39 @@ class QueueWorker:
                 delay = max(0.0, float(exc.delay))
             else:
                 delay = topic.backoff.delay(job.attempt, random.random())
-        now = time.time()
+        now = self.clock.time()
         due = -1 if delay < 0 else (0 if delay == 0 else int((now + delay) * 1000))
         record = (
             ""
             if due >= 0
             else job_record(
                 job_id=job.job_id,
-                queue=self.queue.name,
+                queue=self.name,
                 topic=job.topic,
                 data=job.data,
                 attempts=job.attempt,
                 err=exc,
+                now=now,
             )
         )
         while True:
             try:
-                dead = await self.scripts.fail(
-                    keys=[job.stream, self.keys.delayed, self.keys.dead, self._stats_key()],
-                    args=[
-                        GROUP,
-                        self.keys.job_prefix,
-                        int(now * 1000),
-                        self._keep,
-                        job.entry,
-                        job.job_id,
-                        job.topic,
-                        job.data,
-                        job.attempt + 1,
-                        due,
-                        str(exc),
-                        record,
-                        self.consumer,
-                        job.born,
-                        job.trace,
-                    ],
+                dead = await self.store.fail(
+                    self.name,
+                    job,
+                    consumer=self.consumer,
+                    now_ms=int(now * 1000),
+                    keep=self._keep,
+                    due_ms=due,
+                    error=str(exc),
+                    record=record,
                 )
                 break
             except Exception as write_exc:
                 self.log.warning("could not record failure; retrying", error=repr(write_exc))
-                await asyncio.sleep(1.0)
+                await self.clock.sleep(1.0)
         self.claims.pop(job.key, None)
-        if dead == b"lost":
+        if dead is None:
             # Another worker holds the job now, or this very call already went through before
             # its reply was lost: either way it is recorded once, by someone else's call.
             self.log.warning("failure not recorded: job no longer held here", job=job.job_id)
@@ -456,11 +357,10 @@ class QueueWorker:
             return
         if stats is not None:
             stats.dead_lettered += 1
-        dead_id = dead.decode() if isinstance(dead, bytes) else dead
         self.log.error("job failed", outcome="failed", **about)
-        self.log.warning("job dead-lettered", dead_letter=dead_id, **about)
+        self.log.warning("job dead-lettered", dead_letter=dead, **about)
         self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, error=err)
-        self.bus.emit("dead-letter", "job", job=ctx, id=dead_id, error=err, topic=job.topic)
+        self.bus.emit("dead-letter", "job", job=ctx, id=dead, error=err, topic=job.topic)
         await self._finished([job.job_id])
 
     # -- completion -----------------------------------------------------------------------------
@@ -474,20 +374,14 @@ class QueueWorker:
     async def _flush_all(self) -> None:
         while self._done:
             batch, self._done = self._done, []
-            by_stream: dict[str, list[Any]] = {}
-            for job, encoded, _ in batch:
-                by_stream.setdefault(job.stream, []).extend((job.entry, job.job_id, encoded))
-            now = int(time.time() * 1000)
+            now = int(self.clock.time() * 1000)
             try:
-                stats = self._stats_key()
-                for stream, rows in by_stream.items():
-                    await self.scripts.complete(
-                        keys=[stream, stats],
-                        args=[GROUP, self.keys.job_prefix, now, self._keep, *rows],
-                    )
+                await self.store.complete(
+                    self.name, [(job, encoded) for job, encoded, _ in batch], now, self._keep
+                )
             except Exception as exc:
                 # Still claimed (the heartbeat keeps them); try again shortly. Completing twice
-                # is harmless: XACK and XDEL of a finished entry do nothing.
+                # is harmless (in Redis: XACK and XDEL of a finished entry do nothing).
                 self.log.warning("could not complete jobs; retrying", error=repr(exc))
                 self._done[:0] = batch
                 if self._closing.is_set():
@@ -520,7 +414,7 @@ class QueueWorker:
         lines = _logging.job_lines()
         if lines is not None:
             rows = ((job.topic, job.job_id, job.attempt, job.duration) for job, _, _ in batch)
-            lines.completed(self.pipeline.name, self.queue.name, rows)
+            lines.completed(self.pipeline.name, self.name, rows)
             return
         info = self.log.info
         for job, _, _ in batch:
@@ -532,10 +426,6 @@ class QueueWorker:
                 duration=round(job.duration, 6),
                 outcome="completed",
             )
-
-    def _stats_key(self) -> str:
-        """This time window's counts of the queue (``flowline status`` reads the last minute)."""
-        return self.keys.stats(int(time.time()) // STATS_BUCKET)
 
     def _count_completed(self, batch: list[tuple[Running, str, Any]], now: float) -> None:
         stats = self._stats
@@ -549,10 +439,13 @@ class QueueWorker:
 
     async def _finished(self, job_ids: list[str]) -> None:
         """Fan-in: emit ``route:complete`` for messages whose last job just finished."""
-        if self._fan_in is None:
+        if not self._fan_in:
+            return
+        routed = [job_id for job_id in job_ids if fanin.routed(job_id)]
+        if not routed:
             return
         try:
-            complete = await self._fan_in.finished(job_ids)
+            complete = await self.store.fan_in_finished(self.pipeline.name, routed, self._keep)
         except Exception as exc:
             self.log.warning("fan-in bookkeeping failed", error=repr(exc))
             return
@@ -561,15 +454,15 @@ class QueueWorker:
 
     # -- keeping claims, reclaiming, delayed jobs ------------------------------------------------
 
-    def _redis_trouble(self) -> None:
-        """Redis failed us: nobody could refresh a claim meanwhile, us included.
+    def _store_trouble(self) -> None:
+        """The store (Redis) failed us: nobody could refresh a claim meanwhile, us included.
 
         The time Redis was away counts towards every claim's idle time, so right after an
         outage the jobs of live workers look abandoned. Reclaiming waits one visibility
         timeout, in which every live worker refreshes its claims (a heartbeat runs every third
         of it, and soon after a failed one).
         """
-        self._reclaim_after = time.monotonic() + self.opts.visibility_timeout
+        self._reclaim_after = self.clock.monotonic() + self.opts.visibility_timeout
 
     async def _heartbeat(self) -> None:
         interval = self.opts.visibility_timeout / 3
@@ -577,19 +470,12 @@ class QueueWorker:
         while not self._closing.is_set():
             await self._pause(wait)
             wait = interval
-            by_stream: dict[str, list[str]] = {}
-            for job in list(self.claims.values()):
-                by_stream.setdefault(job.stream, []).append(job.entry)
             try:
-                for stream, entries in by_stream.items():
-                    for i in range(0, len(entries), 500):
-                        lost = await self.scripts.heartbeat(
-                            keys=[stream], args=[GROUP, self.consumer, *entries[i : i + 500]]
-                        )
-                        for raw in lost:
-                            self._lose((stream, raw.decode()))
+                held = list(self.claims.values())
+                for job in await self.store.heartbeat(self.name, self.consumer, held):
+                    self._lose(job.key)
             except Exception as exc:
-                self._redis_trouble()
+                self._store_trouble()
                 wait = min(interval, 0.25)  # refresh our claims as soon as Redis is back
                 self.log.warning("heartbeat failed", error=repr(exc))
 
@@ -616,54 +502,45 @@ class QueueWorker:
         next_reclaim = 0.0
         while not self._closing.is_set():
             sleep = 0.25
+            clock = self.clock
             try:
-                moved, next_due = await self.scripts.promote(
-                    keys=[self.keys.jobs, self.keys.delayed],
-                    args=[self.keys.job_prefix, int(time.time() * 1000), 500],
-                )
-                due = float(next_due)
+                moved, due = await self.store.promote(self.name, int(clock.time() * 1000), 500)
                 if due >= 0:
-                    sleep = min(sleep, max(0.005, due / 1000 - time.time()))
-                if int(moved) == 500:
+                    sleep = min(sleep, max(0.005, due / 1000 - clock.time()))
+                if moved == 500:
                     sleep = 0
-                now = time.monotonic()
+                now = clock.monotonic()
                 if now >= next_reclaim and now >= self._reclaim_after and not stop.is_set():
-                    next_reclaim = time.monotonic() + reclaim_every
+                    next_reclaim = clock.monotonic() + reclaim_every
                     await self._reclaim()
             except Exception as exc:
-                self._redis_trouble()
+                self._store_trouble()
                 self.log.warning("queue maintenance failed", error=repr(exc))
                 sleep = 1.0
             await self._pause(sleep)
 
     async def _reclaim(self) -> None:
-        for stream in self.keys.streams:
-            # As many as we can start now (one, over the limit, when busy): the rest are left to
-            # workers with free slots, rather than waiting here behind our own jobs.
-            count = max(1, self.concurrency - self._running)
-            entries = await self.scripts.reclaim(
-                keys=[stream],
-                args=[GROUP, self.consumer, self._vis_ms, count, self.keys.job_prefix],
+        # As many as we can start now (one, over the limit, when busy): the rest are left to
+        # workers with free slots, rather than waiting here behind our own jobs.
+        count = max(1, self.concurrency - self._running)
+        for job in await self.store.reclaim(self.name, self.consumer, self._vis_ms, count):
+            if job.key in self.claims:
+                continue  # ours and still running: reclaiming just refreshed our claim
+            self.log.warning(
+                "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
             )
-            for row in entries:
-                job = Running.from_reclaim(stream, row)
-                if job.key in self.claims:
-                    continue  # ours and still running: XCLAIM just refreshed our claim
-                self.log.warning(
-                    "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
+            t = self.topics.get(job.topic)
+            limit = (t.retries if t is not None else 0) + 1
+            if job.attempt > limit:
+                self.claims[job.key] = job
+                exc = JobError(
+                    f"worker stopped while running it {job.attempt - 1} times "
+                    f"(limit {limit} attempts)",
+                    stage=job.topic,
                 )
-                t = self.topics.get(job.topic)
-                limit = (t.retries if t is not None else 0) + 1
-                if job.attempt > limit:
-                    self.claims[job.key] = job
-                    exc = JobError(
-                        f"worker stopped while running it {job.attempt - 1} times "
-                        f"(limit {limit} attempts)",
-                        stage=job.topic,
-                    )
-                    await self._failed(job, None, None, exc)
-                    continue
-                self._start(job)
+                await self._failed(job, None, None, exc)
+                continue
+            self._start(job)
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -681,15 +558,9 @@ class QueueWorker:
         # Cancelled mid-run, or read but never started (the backlog): hand them back.
         unfinished = [j for j in self.claims.values() if j.task is None or j.task.cancelled()]
         self._backlog.clear()
-        by_stream: dict[str, list[Running]] = {}
-        for j in unfinished:
-            by_stream.setdefault(j.stream, []).append(j)
-        for stream, jobs in by_stream.items():
-            await self.scripts.release(
-                keys=[stream],
-                args=[GROUP, *flat(j.release_args() for j in jobs)],
-            )
-            for j in jobs:
+        if unfinished:
+            await self.store.release(self.name, self.consumer, unfinished)
+            for j in unfinished:
                 self.claims.pop(j.key, None)
         if unfinished:
             self.log.info("handed back unfinished jobs", jobs=len(unfinished))

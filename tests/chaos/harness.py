@@ -35,7 +35,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from redis.asyncio import Redis
 
-from flowline.runtime.ingest import ensure_stream
+from flowline.backends.jetstream import ensure_stream
 from flowline.runtime.keys import GROUP, QueueKeys, stream_dead_letters
 from flowline.servers import LocalServers
 from tests.apps import chaos_app

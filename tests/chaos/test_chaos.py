@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from redis.asyncio import Redis
 
 from flowline import Queue, Route, Stream
+from flowline.backends.redis import RedisStore
 from flowline.runtime.keys import GROUP, QueueKeys
 from flowline.runtime.scripts import Scripts
 from flowline.runtime.worker import QueueWorker, Running
@@ -217,7 +218,7 @@ class TestClaims:
 
         q = self.Q
         scripts = Scripts(redis)
-        worker = QueueWorker(pipeline, pipeline.queues[0], redis, scripts, consumer="c1")
+        worker = QueueWorker(pipeline, pipeline.queues[0], RedisStore(redis), consumer="c1")
         await worker.setup()
         later = int(time.time() * 1000) + 60_000  # ahead of the clock: XADD * then uses it
         await redis.execute_command("XSETID", q.jobs, f"{later}-0")
@@ -266,7 +267,7 @@ class TestClaims:
         """Lost claims with no run here (the taskiq broker's kind) leave the others refreshed."""
         pipeline = Stream("claims", json.loads) >> Route(lambda e: []) >> Queue("claims")
         q = self.Q
-        worker = QueueWorker(pipeline, pipeline.queues[0], redis, Scripts(redis), consumer="c1")
+        worker = QueueWorker(pipeline, pipeline.queues[0], RedisStore(redis), consumer="c1")
         await worker.setup()
         held = []
         for stream in (q.jobs, q.jobs, q.jobs, q.urgent):

@@ -1,0 +1,326 @@
+"""`RedisStore`: the job store on Redis, each change one Lua script call (`runtime.scripts`).
+
+The layout is `runtime.keys`'s: every key of a queue shares its hash tag, so each call touches
+one slot. Reads of ready jobs are XREADGROUP on the queue's streams (urgent first); claims
+are the consumer group's pending entries, whose idle time is Redis's own clock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError
+
+from ..runtime import deadletters, fanin, jobs
+from ..runtime.enqueue import by_queue
+from ..runtime.inspect import STATS_BUCKET
+from ..runtime.keys import GROUP, QueueKeys, cron_key, stream_dead_letters
+from ..runtime.queues import QueueCounts
+from ..runtime.scripts import ENQUEUE, Scripts, flat
+from .base import JobStore, Running
+from .clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from redis import Redis as SyncRedis
+    from redis.asyncio import Redis
+
+    from .._pipeline import Pipeline
+    from ..runtime.deadletters import DeadLetter
+    from ..runtime.enqueue import Planned
+    from ..runtime.jobs import JobInfo
+
+
+def from_entry(stream: str, entry: bytes, fields: dict[bytes, bytes]) -> Running:
+    """The job a ready stream's entry holds (entries written before `born` existed lack it)."""
+    born = fields.get(b"born")
+    trace = fields.get(b"trace")
+    return Running(
+        stream,
+        entry.decode(),
+        fields[b"id"].decode(),
+        fields[b"topic"].decode(),
+        fields[b"data"],
+        int(fields[b"attempt"]),
+        int(born) if born else 0,
+        trace.decode() if trace else "",
+    )
+
+
+def from_reclaim(stream: str, row: list[bytes]) -> Running:
+    """The job of one row the RECLAIM script returns."""
+    entry, job_id, topic, data, attempt, born, trace = row
+    return Running(
+        stream,
+        entry.decode(),
+        job_id.decode(),
+        topic.decode(),
+        data,
+        int(attempt),
+        int(born or 0),
+        trace.decode() if trace else "",
+    )
+
+
+def release_args(job: Running) -> tuple[str | bytes | int, ...]:
+    """The job's row of the RELEASE script's ARGV."""
+    return (job.entry, job.job_id, job.topic, job.data, job.attempt, job.born, job.trace)
+
+
+def enqueue_calls(
+    queue: str, rows: Sequence[Planned], now_ms: int
+) -> list[tuple[list[str], list[str | int]]]:
+    """(KEYS, ARGV) of the ENQUEUE calls of `rows`: one per priority class."""
+    keys = QueueKeys(queue)
+    now = str(now_ms)
+    by_stream: dict[str, list[str | int]] = {}
+    for r in rows:
+        args = by_stream.get(keys.urgent if r.priority > 0 else keys.jobs)
+        if args is None:
+            args = by_stream[keys.urgent if r.priority > 0 else keys.jobs] = [keys.job_prefix, now]
+        args += (r.id, r.topic, r.data, r.due_ms, r.origin, r.born_ms or now_ms, r.trace)
+    return [([stream, keys.delayed], args) for stream, args in by_stream.items()]
+
+
+def write_sync(redis: SyncRedis, rows: list[Planned]) -> int:
+    """`runtime.enqueue.write` for code that is not async (a Django view, a script)."""
+    script = redis.register_script(ENQUEUE)
+    now_ms = int(time.time() * 1000)
+    return sum(
+        int(script(keys=keys, args=args))
+        for queue, group in by_queue(rows).items()
+        for keys, args in enqueue_calls(queue, group, now_ms)
+    )
+
+
+class RedisStore(JobStore):
+    """Queues in Redis.
+
+    Args:
+        redis: the client (its pool is the runner's, sized for its queues).
+        clock: where times come from (`SystemClock`).
+    """
+
+    def __init__(self, redis: Redis, clock: Clock | None = None) -> None:
+        self.redis = redis
+        self.scripts = Scripts(redis)
+        self.clock = clock or SystemClock()
+        self._keys: dict[str, QueueKeys] = {}
+
+    def _k(self, queue: str) -> QueueKeys:
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = self._keys[queue] = QueueKeys(queue)
+        return keys
+
+    def _stats(self, queue: str) -> str:
+        """This time window's counts of the queue (``flowline status`` reads the last minute)."""
+        return self._k(queue).stats(int(self.clock.time()) // STATS_BUCKET)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def setup(self, queue: str) -> None:
+        for stream in self._k(queue).streams:
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def enqueue(self, queue: str, rows: Sequence[Planned], now_ms: int) -> int:
+        added = 0
+        for keys, args in enqueue_calls(queue, rows, now_ms):
+            added += int(await self.scripts.enqueue(keys=keys, args=args))
+        return added
+
+    async def read(self, queue: str, consumer: str, count: int, block: float) -> list[Running]:
+        # Urgent first: XREADGROUP answers streams in the order given.
+        streams: Any = dict.fromkeys(self._k(queue).streams, ">")
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                # BLOCK 0 would wait forever: no block is a read that does not wait.
+                GROUP, consumer, streams, count=count, block=int(block * 1000) or None
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                # Someone deleted the queue (FLUSHALL in tests, or an operator): recreate it.
+                await self.setup(queue)
+                return []
+            raise
+        # COUNT applies per stream, so both streams together may give more than `count`.
+        return [
+            from_entry(raw.decode(), entry, fields)
+            for raw, entries in reply or ()
+            for entry, fields in entries
+        ]
+
+    async def complete(
+        self, queue: str, done: Sequence[tuple[Running, str]], now_ms: int, keep: int
+    ) -> None:
+        by_stream: dict[str, list[Any]] = {}
+        for job, encoded in done:
+            by_stream.setdefault(job.stream, []).extend((job.entry, job.job_id, encoded))
+        keys = self._k(queue)
+        stats = self._stats(queue)
+        for stream, rows in by_stream.items():
+            await self.scripts.complete(
+                keys=[stream, stats], args=[GROUP, keys.job_prefix, now_ms, keep, *rows]
+            )
+
+    async def fail(
+        self,
+        queue: str,
+        job: Running,
+        *,
+        consumer: str,
+        now_ms: int,
+        keep: int,
+        due_ms: int,
+        error: str,
+        record: str,
+    ) -> str | None:
+        keys = self._k(queue)
+        reply = await self.scripts.fail(
+            keys=[job.stream, keys.delayed, keys.dead, self._stats(queue)],
+            args=[
+                GROUP,
+                keys.job_prefix,
+                now_ms,
+                keep,
+                job.entry,
+                job.job_id,
+                job.topic,
+                job.data,
+                job.attempt + 1,
+                due_ms,
+                error,
+                record,
+                consumer,
+                job.born,
+                job.trace,
+            ],
+        )
+        if reply == b"lost":
+            return None
+        return reply.decode() if isinstance(reply, bytes) else str(reply or "")
+
+    async def promote(self, queue: str, now_ms: int, limit: int) -> tuple[int, int]:
+        keys = self._k(queue)
+        moved, next_due = await self.scripts.promote(
+            keys=[keys.jobs, keys.delayed], args=[keys.job_prefix, now_ms, limit]
+        )
+        return int(moved), int(float(next_due))
+
+    async def reclaim(self, queue: str, consumer: str, idle_ms: int, count: int) -> list[Running]:
+        keys = self._k(queue)
+        out: list[Running] = []
+        for stream in keys.streams:
+            if len(out) >= count:
+                break
+            rows = await self.scripts.reclaim(
+                keys=[stream], args=[GROUP, consumer, idle_ms, count - len(out), keys.job_prefix]
+            )
+            out += [from_reclaim(stream, row) for row in rows]
+        return out
+
+    async def heartbeat(self, queue: str, consumer: str, jobs: Sequence[Running]) -> list[Running]:
+        by_stream: dict[str, dict[str, Running]] = {}
+        for job in jobs:
+            by_stream.setdefault(job.stream, {})[job.entry] = job
+        lost: list[Running] = []
+        for stream, held in by_stream.items():
+            entries = list(held)
+            for i in range(0, len(entries), 500):
+                gone = await self.scripts.heartbeat(
+                    keys=[stream], args=[GROUP, consumer, *entries[i : i + 500]]
+                )
+                lost += [held[raw.decode()] for raw in gone]
+        return lost
+
+    async def release(self, queue: str, consumer: str, jobs: Sequence[Running]) -> None:
+        by_stream: dict[str, list[Running]] = {}
+        for job in jobs:
+            by_stream.setdefault(job.stream, []).append(job)
+        for stream, held in by_stream.items():
+            await self.scripts.release(
+                keys=[stream], args=[GROUP, *flat(release_args(j) for j in held)]
+            )
+
+    async def progress(self, queue: str, job_id: str, percent: float) -> None:
+        await self.redis.hset(self._k(queue).job(job_id), "progress", percent)
+
+    async def emitted(self, queue: str, job_id: str, n: int) -> int | None:
+        done = await self.redis.hget(self._k(queue).job(job_id), f"emitted:{n}")
+        return None if done is None else int(done)
+
+    async def mark_emitted(self, queue: str, job_id: str, n: int, sequence: int) -> None:
+        await self.redis.hset(self._k(queue).job(job_id), f"emitted:{n}", sequence)
+
+    async def fan_in_totals(self, pipeline: str, totals: dict[str, int], keep: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for origin, total in totals.items():
+            meta, _ = fanin.keys(pipeline, origin)
+            pipe.hsetnx(meta, "total", total)
+            pipe.expire(meta, keep)
+        await pipe.execute()
+
+    async def fan_in_finished(
+        self, pipeline: str, job_ids: Sequence[str], keep: int
+    ) -> list[tuple[str, int]]:
+        pipe = self.redis.pipeline(transaction=False)
+        origins = []
+        for job_id in job_ids:
+            origin = fanin.origin_of(job_id)
+            origins.append(origin)
+            meta, done = fanin.keys(pipeline, origin)
+            await self.scripts.fan_in(keys=[meta, done], args=[job_id, keep], client=pipe)
+        if not origins:
+            return []
+        results = await pipe.execute()
+        return [(o, int(t)) for o, t in zip(origins, results, strict=True) if int(t)]
+
+    async def bury(self, pipeline: str, record: str) -> str:
+        entry = await self.redis.xadd(stream_dead_letters(pipeline).dead, {"record": record})
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    async def dead_letters(self, pipeline: Pipeline, limit: int) -> list[DeadLetter]:
+        out = []
+        for store in deadletters.stores(pipeline):
+            entries: Any = await self.redis.xrange(store, count=limit)
+            for entry_id, fields in entries:
+                out.append(
+                    deadletters.DeadLetter(entry_id.decode(), store, json.loads(fields[b"record"]))
+                )
+        return out
+
+    async def job(self, pipeline: Pipeline, queue: str, job_id: str) -> JobInfo | None:
+        found = await jobs.find(self.redis, {queue: jobs.subjects_of(pipeline)}, job_id)
+        return found[0] if found else None
+
+    async def counts(self, queue: str) -> QueueCounts:
+        r, keys = self.redis, self._k(queue)
+        in_streams = running = 0
+        for stream in keys.streams:
+            in_streams += int(await r.xlen(stream))
+            groups = await r.xinfo_groups(stream) if await r.exists(stream) else []
+            running += sum(int(g["pending"]) for g in groups if g["name"] == GROUP.encode())
+        delayed = int(await r.zcard(keys.delayed))
+        dead = int(await r.xlen(keys.dead))
+        return QueueCounts(in_streams - running, running, delayed, dead)
+
+    async def cron_mark(self, pipeline: str, topic: str) -> int | None:
+        last = await self.redis.get(cron_key(pipeline, topic))
+        return None if last is None else int(last)
+
+    async def raise_cron_mark(self, pipeline: str, topic: str, tick_ms: int) -> None:
+        await self.scripts.raise_mark(keys=[cron_key(pipeline, topic)], args=[tick_ms])
+
+    async def lease_tick(self, pipeline: str, topic: str, tick_ms: int, ms: int) -> bool:
+        lease = f"{cron_key(pipeline, topic)}:lease:{tick_ms}"
+        return bool(await self.redis.set(lease, "1", nx=True, px=ms))
+
+    async def drop_tick_lease(self, pipeline: str, topic: str, tick_ms: int) -> None:
+        await self.redis.delete(f"{cron_key(pipeline, topic)}:lease:{tick_ms}")

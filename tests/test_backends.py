@@ -1,0 +1,273 @@
+"""The backend contracts (`flowline.backends.base`): every test runs on Redis + JetStream (real
+servers) and on the in-memory store and source, and expects the same answers of both."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+
+from flowline import Job, Queue, Route, Stream
+from flowline.backends.base import JobStore, Running, StreamSource
+from flowline.backends.jetstream import JetStreamSource
+from flowline.backends.memory import MemorySource, MemoryStore
+from flowline.backends.redis import RedisStore
+from flowline.runtime.connections import connect_redis
+from flowline.runtime.enqueue import plan
+
+BACKENDS = ["servers", "memory"]
+pipeline = Stream("contract", json.loads) >> Route(lambda e: []) >> Queue("contract")
+pipeline.dequeue("work", lambda job: None)
+Q = "contract"
+NOW = int(time.time() * 1000)  # the calls take their times as arguments: about now
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[JobStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    settings = request.getfixturevalue("settings")
+    real = RedisStore(await connect_redis(settings))
+    await real.redis.flushall()
+    yield real
+    await real.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def source(request: pytest.FixtureRequest) -> AsyncIterator[StreamSource]:
+    if request.param == "memory":
+        yield MemorySource()
+        return
+    servers = request.getfixturevalue("servers")
+    nc = await nats.connect(servers.nats_url)
+    js = nc.jetstream()
+    for info in await js.streams_info():
+        await js.delete_stream(info.config.name)
+
+    async def connect() -> Any:
+        return js
+
+    yield JetStreamSource(connect)
+    await nc.close()
+
+
+def rows(*ids: str, delay: float | None = None, priority: int = 0) -> list[Any]:
+    jobs = [Job("work", {"n": i}, delay=delay, key=i, priority=priority) for i in ids]
+    return plan(pipeline, jobs, "base", "direct", "enqueue", now=NOW / 1000)
+
+
+async def read(store: JobStore, consumer: str = "c1", count: int = 10) -> list[Running]:
+    return await store.read(Q, consumer, count, 0.05)
+
+
+class TestJobs:
+    async def test_an_id_is_enqueued_once(self, store: JobStore) -> None:
+        await store.setup(Q)
+        assert await store.enqueue(Q, rows("a", "b"), NOW) == 2
+        assert await store.enqueue(Q, rows("a", "b", "c"), NOW) == 1
+        assert sorted(j.job_id for j in await read(store)) == ["key:a", "key:b", "key:c"]
+        assert await read(store) == []
+
+    async def test_priority_jobs_are_read_first(self, store: JobStore) -> None:
+        """`count` applies to each of the two ready streams, as XREADGROUP's COUNT does."""
+        await store.setup(Q)
+        await store.enqueue(Q, rows("low1", "low2"), NOW)
+        await store.enqueue(Q, rows("high1", "high2", priority=5), NOW)
+        got = [j.job_id for j in await read(store, count=1)]
+        assert got == ["key:high1", "key:low1"]
+        assert [j.job_id for j in await read(store, count=1)] == ["key:high2", "key:low2"]
+
+    async def test_a_read_job_carries_its_fields(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        assert (job.topic, json.loads(job.data), job.attempt, job.born) == (
+            "work",
+            {"n": "a"},
+            1,
+            NOW,
+        )
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None and (info.state, info.running_on) == ("running", "c1")
+        assert await store.counts(Q) == type(await store.counts(Q))(0, 1, 0, 0)
+
+    async def test_completing_keeps_the_result(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        await store.complete(Q, [(job, '{"ok":1}')], NOW + 5, 60)
+        await store.complete(Q, [(job, '{"ok":1}')], NOW + 5, 60)  # twice is harmless
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None
+        assert (info.state, info.result, info.progress, info.finished) == (
+            "completed",
+            {"ok": 1},
+            100.0,
+            (NOW + 5) / 1000,
+        )
+        assert await read(store) == []
+        assert await store.enqueue(Q, rows("a"), NOW) == 0  # its record still dedups
+
+    async def test_a_failure_retried_now_is_read_again_with_the_next_attempt(
+        self, store: JobStore
+    ) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        got = await store.fail(
+            Q, job, consumer="c1", now_ms=NOW, keep=60, due_ms=0, error="boom", record=""
+        )
+        assert got == ""
+        [again] = await read(store)
+        assert (again.job_id, again.attempt, again.born) == ("key:a", 2, NOW)
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None and (info.attempt, info.error) == (2, "boom")
+
+    async def test_a_delayed_retry_waits_until_due(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        due = NOW + 300_000
+        args = {"consumer": "c1", "now_ms": NOW, "keep": 60, "error": "later", "record": ""}
+        assert await store.fail(Q, job, due_ms=due, **args) == ""
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None and (info.state, info.due) == ("retrying", due / 1000)
+        assert await store.promote(Q, due - 1, 500) == (0, due)
+        assert await store.promote(Q, due, 500) == (1, -1)
+        [again] = await read(store)
+        assert again.attempt == 2
+
+    async def test_a_last_failure_is_a_dead_letter(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        record = json.dumps({"kind": "job", "job_id": "key:a", "queue": Q, "topic": "work"})
+        dead = await store.fail(
+            Q, job, consumer="c1", now_ms=NOW, keep=60, due_ms=-1, error="no", record=record
+        )
+        assert dead
+        [letter] = await store.dead_letters(pipeline, 10)
+        assert (letter.id, letter.store, letter.record["job_id"]) == (
+            dead,
+            "flowline:{contract}:dead",
+            "key:a",
+        )
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None and (info.state, info.dead_letter) == ("failed", dead)
+        assert (await store.counts(Q)).dead == 1
+
+    async def test_only_the_holder_settles_a_job(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        args = {"now_ms": NOW, "keep": 60, "due_ms": 0, "error": "x", "record": ""}
+        assert await store.fail(Q, job, consumer="c2", **args) is None
+        assert await store.heartbeat(Q, "c2", [job]) == [job]
+        assert await store.heartbeat(Q, "c1", [job]) == []
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None and (info.state, info.attempt) == ("running", 1)
+
+    async def test_released_jobs_are_readable_at_once(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a", "b"), NOW)
+        held = await read(store)
+        await store.release(Q, "c1", held)
+        again = await read(store, "c2")
+        assert sorted((j.job_id, j.attempt) for j in again) == [("key:a", 1), ("key:b", 1)]
+
+    async def test_delayed_jobs_become_ready_when_due(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a", delay=10), NOW)
+        counts = await store.counts(Q)
+        assert (counts.ready, counts.delayed) == (0, 1)
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None and (info.state, info.due) == ("delayed", NOW / 1000 + 10)
+        assert await store.promote(Q, NOW + 10_000, 500) == (1, -1)
+        [job] = await read(store)
+        assert (job.job_id, job.attempt) == ("key:a", 1)
+
+    async def test_progress_and_emit_marks_live_on_the_record(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        await store.progress(Q, "key:a", 40)
+        assert await store.emitted(Q, "key:a", 0) is None
+        await store.mark_emitted(Q, "key:a", 0, 17)
+        assert await store.emitted(Q, "key:a", 0) == 17
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None and info.progress == 40.0
+
+
+class TestShared:
+    async def test_fan_in_completes_a_message_once(self, store: JobStore) -> None:
+        await store.fan_in_totals("p", {"s:1": 2}, 60)
+        await store.fan_in_totals("p", {"s:1": 5}, 60)  # a redelivery does not change it
+        assert await store.fan_in_finished("p", ["s:1:0", "s:1:0"], 60) == []
+        assert await store.fan_in_finished("p", ["s:1:1"], 60) == [("s:1", 2)]
+        assert await store.fan_in_finished("p", ["s:1:1"], 60) == []
+        assert await store.fan_in_finished("p", ["s:9:0"], 60) == []  # never registered
+
+    async def test_a_cron_mark_only_goes_up(self, store: JobStore) -> None:
+        assert await store.cron_mark("p", "tick") is None
+        await store.raise_cron_mark("p", "tick", 2000)
+        await store.raise_cron_mark("p", "tick", 1000)
+        assert await store.cron_mark("p", "tick") == 2000
+
+    async def test_one_process_holds_a_tick_lease(self, store: JobStore) -> None:
+        assert await store.lease_tick("p", "tick", 1000, 30_000)
+        assert not await store.lease_tick("p", "tick", 1000, 30_000)
+        assert await store.lease_tick("p", "tick", 2000, 30_000)
+        await store.drop_tick_lease("p", "tick", 1000)
+        assert await store.lease_tick("p", "tick", 1000, 30_000)
+
+    async def test_buried_messages_are_the_stream_sides_dead_letters(
+        self, store: JobStore
+    ) -> None:
+        first = await store.bury(pipeline.name, json.dumps({"kind": "message", "sequence": 1}))
+        await store.bury(pipeline.name, json.dumps({"kind": "message", "sequence": 2}))
+        letters = await store.dead_letters(pipeline, 10)
+        assert [(x.kind, x.record["sequence"]) for x in letters] == [("message", 1), ("message", 2)]
+        assert letters[0].id == first
+        assert letters[0].store == f"flowline:{{stream:{pipeline.name}}}:dead"
+
+
+class TestStreams:
+    async def test_sequences_count_up_and_message_ids_dedup(self, source: StreamSource) -> None:
+        assert await source.ensure("contract") == "contract"
+        assert await source.publish("contract", b"1") == 1
+        assert await source.publish("contract", b"2", {"Nats-Msg-Id": "m"}) == 2
+        assert await source.publish("contract", b"2", {"Nats-Msg-Id": "m"}) == 2
+        assert await source.publish("contract", b"3") == 3
+
+    async def test_a_consumer_delivers_until_acked(self, source: StreamSource) -> None:
+        name = await source.ensure("contract")
+        consumer = await source.consumer(
+            name, "contract", "c", ack_wait=30, max_ack_pending=1000
+        )
+        for n in (b"a", b"b"):
+            await source.publish("contract", n)
+        msgs = await consumer.fetch(10, timeout=1)
+        assert [(m.data, m.metadata.sequence.stream, m.metadata.num_delivered) for m in msgs] == [
+            (b"a", 1, 1),
+            (b"b", 2, 1),
+        ]
+        await msgs[0].ack()
+        await msgs[1].nak(delay=0)
+        [again] = await consumer.fetch(10, timeout=1)
+        assert (again.data, again.metadata.num_delivered) == (b"b", 2)
+        await again.term()
+        with pytest.raises(TimeoutError):
+            await consumer.fetch(10, timeout=0.2)
+
+    async def test_each_durable_gets_every_message(self, source: StreamSource) -> None:
+        name = await source.ensure("contract")
+        await source.publish("contract", b"x")
+        for durable in ("one", "two"):
+            c = await source.consumer(name, "contract", durable, ack_wait=30, max_ack_pending=10)
+            [msg] = await c.fetch(10, timeout=1)
+            assert msg.data == b"x"
+            await msg.ack()
