@@ -33,6 +33,8 @@ CELL_TIMEOUT = 120  # seconds; the slowest cell waits for jobs with its own, sho
 EXPECTED: dict[str, tuple[str, ...]] = {
     "fanbase.ipynb": (
         "flowchart LR",
+        "in memory: fanbase:1:1  notify-talent-following  attempt 2 -> nina@example.com",
+        "retried: ['notify-talent-following']; dead letters: 0",
         "published #5: fan-2 followed talent-2",
         "all 9 notifications sent",
         "fanbase:5:1  notify-talent-following  #################### 100%",

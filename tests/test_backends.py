@@ -93,7 +93,8 @@ class TestJobs:
             NOW,
         )
         info = await store.job(pipeline, Q, "key:a")
-        assert info is not None and (info.state, info.running_on) == ("running", "c1")
+        assert info is not None
+        assert (info.state, info.running_on) == ("running", "c1")
         assert await store.counts(Q) == type(await store.counts(Q))(0, 1, 0, 0)
 
     async def test_completing_keeps_the_result(self, store: JobStore) -> None:
@@ -126,7 +127,8 @@ class TestJobs:
         [again] = await read(store)
         assert (again.job_id, again.attempt, again.born) == ("key:a", 2, NOW)
         info = await store.job(pipeline, Q, "key:a")
-        assert info is not None and (info.attempt, info.error) == (2, "boom")
+        assert info is not None
+        assert (info.attempt, info.error) == (2, "boom")
 
     async def test_a_delayed_retry_waits_until_due(self, store: JobStore) -> None:
         await store.setup(Q)
@@ -136,7 +138,8 @@ class TestJobs:
         args = {"consumer": "c1", "now_ms": NOW, "keep": 60, "error": "later", "record": ""}
         assert await store.fail(Q, job, due_ms=due, **args) == ""
         info = await store.job(pipeline, Q, "key:a")
-        assert info is not None and (info.state, info.due) == ("retrying", due / 1000)
+        assert info is not None
+        assert (info.state, info.due) == ("retrying", due / 1000)
         assert await store.promote(Q, due - 1, 500) == (0, due)
         assert await store.promote(Q, due, 500) == (1, -1)
         [again] = await read(store)
@@ -158,7 +161,8 @@ class TestJobs:
             "key:a",
         )
         info = await store.job(pipeline, Q, "key:a")
-        assert info is not None and (info.state, info.dead_letter) == ("failed", dead)
+        assert info is not None
+        assert (info.state, info.dead_letter) == ("failed", dead)
         assert (await store.counts(Q)).dead == 1
 
     async def test_only_the_holder_settles_a_job(self, store: JobStore) -> None:
@@ -170,7 +174,8 @@ class TestJobs:
         assert await store.heartbeat(Q, "c2", [job]) == [job]
         assert await store.heartbeat(Q, "c1", [job]) == []
         info = await store.job(pipeline, Q, "key:a")
-        assert info is not None and (info.state, info.attempt) == ("running", 1)
+        assert info is not None
+        assert (info.state, info.attempt) == ("running", 1)
 
     async def test_released_jobs_are_readable_at_once(self, store: JobStore) -> None:
         await store.setup(Q)
@@ -186,7 +191,8 @@ class TestJobs:
         counts = await store.counts(Q)
         assert (counts.ready, counts.delayed) == (0, 1)
         info = await store.job(pipeline, Q, "key:a")
-        assert info is not None and (info.state, info.due) == ("delayed", NOW / 1000 + 10)
+        assert info is not None
+        assert (info.state, info.due) == ("delayed", NOW / 1000 + 10)
         assert await store.promote(Q, NOW + 10_000, 500) == (1, -1)
         [job] = await read(store)
         assert (job.job_id, job.attempt) == ("key:a", 1)
@@ -199,7 +205,8 @@ class TestJobs:
         await store.mark_emitted(Q, "key:a", 0, 17)
         assert await store.emitted(Q, "key:a", 0) == 17
         info = await store.job(pipeline, Q, "key:a")
-        assert info is not None and info.progress == 40.0
+        assert info is not None
+        assert info.progress == 40.0
 
 
 class TestShared:
@@ -224,9 +231,7 @@ class TestShared:
         await store.drop_tick_lease("p", "tick", 1000)
         assert await store.lease_tick("p", "tick", 1000, 30_000)
 
-    async def test_buried_messages_are_the_stream_sides_dead_letters(
-        self, store: JobStore
-    ) -> None:
+    async def test_buried_messages_are_the_stream_sides_dead_letters(self, store: JobStore) -> None:
         first = await store.bury(pipeline.name, json.dumps({"kind": "message", "sequence": 1}))
         await store.bury(pipeline.name, json.dumps({"kind": "message", "sequence": 2}))
         letters = await store.dead_letters(pipeline, 10)
@@ -245,9 +250,7 @@ class TestStreams:
 
     async def test_a_consumer_delivers_until_acked(self, source: StreamSource) -> None:
         name = await source.ensure("contract")
-        consumer = await source.consumer(
-            name, "contract", "c", ack_wait=30, max_ack_pending=1000
-        )
+        consumer = await source.consumer(name, "contract", "c", ack_wait=30, max_ack_pending=1000)
         for n in (b"a", b"b"):
             await source.publish("contract", n)
         msgs = await consumer.fetch(10, timeout=1)

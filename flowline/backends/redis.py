@@ -142,7 +142,11 @@ class RedisStore(JobStore):
         try:
             reply: Any = await self.redis.xreadgroup(
                 # BLOCK 0 would wait forever: no block is a read that does not wait.
-                GROUP, consumer, streams, count=count, block=int(block * 1000) or None
+                GROUP,
+                consumer,
+                streams,
+                count=count,
+                block=int(block * 1000) or None,
             )
         except ResponseError as exc:
             if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):

@@ -76,6 +76,7 @@ class CronSource:
         self.cron = cron
         self.store = store
         self.clock = store.clock
+        self.firing = False  # a tick is being routed and enqueued now
         self.log = log.bind(pipeline=pipeline.name, stage="cron", topic=cron.topic)
 
     def _added(self, queue: str, count: int) -> None:
@@ -103,6 +104,13 @@ class CronSource:
 
     async def fire(self, tick: float) -> bool:
         """Fire the tick at `tick` unless another process holds its lease; True if fired."""
+        self.firing = True
+        try:
+            return await self._fire(tick)
+        finally:
+            self.firing = False
+
+    async def _fire(self, tick: float) -> bool:
         tick_ms = int(tick * 1000)
         name, topic = self.pipeline.name, self.cron.topic
         if not await self.store.lease_tick(name, topic, tick_ms, 30_000):

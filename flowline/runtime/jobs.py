@@ -180,7 +180,8 @@ async def find(redis: Redis, queues: Mapping[str, Mapping[str, str]], job_id: st
         letter = None
         if record.get("state") == "failed":
             letter = await _letter_of(redis, name, job_id, record.get("finished"))
-        found.append(job_info(job_id, name, queues[name], record, _s(holder), _s(due) or None, letter))
+        holder, due = _s(holder), _s(due) or None
+        found.append(job_info(job_id, name, queues[name], record, holder, due, letter))
     return found
 
 

@@ -82,6 +82,7 @@ class Runner:
         self.loops: dict[str, asyncio.Task[None]] = {}
         self.ingests: list[StreamIngest] = []
         self.workers: list[QueueWorker] = []
+        self.crons: list[CronSource] = []
         self._presence: Presence | None = None  # this process's registry entry
         self.events: EventLog | None = None  # this process's writer of the event log
         self.metrics = Metrics(registry) if self.settings.metrics else None
@@ -172,6 +173,7 @@ class Runner:
             self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
         for p, cron in self.plan.crons:
             source = CronSource(p, cron, self.store, self.metrics)
+            self.crons.append(source)
             self._spawn(source.run(self.stop_event), f"cron:{cron.topic}")
         log.info(
             "flowline started",

@@ -2,10 +2,11 @@
 
 Hot path: one store read (XREADGROUP in Redis) fetches up to `batch` jobs; each runs as a
 task; finished jobs are completed by one store call per flush (in Redis one script: XACK +
-XDEL + result), so the per-job cost is the handler plus a few microseconds. Safety: live workers refresh their claims (heartbeat), a
-dead worker's jobs are reclaimed after `visibility_timeout` with ``attempt`` counted up,
-failures retry with backoff and end in the dead-letter store, and shutdown hands unfinished
-jobs back instead of leaving them to time out.
+XDEL + result), so the per-job cost is the handler plus a few microseconds. Safety: live
+workers refresh their claims (heartbeat), a dead worker's jobs are reclaimed after
+`visibility_timeout` with ``attempt`` counted up, failures retry with backoff and end in the
+dead-letter store, and shutdown hands unfinished jobs back instead of leaving them to time
+out. The store (`flowline.backends`) is Redis in production, memory in `flowline.testing`.
 """
 
 from __future__ import annotations
@@ -353,13 +354,15 @@ class QueueWorker:
             if stats is not None:
                 stats.retried += 1
             self.log.warning("job failed", outcome="retry", delay=round(delay, 3), **about)
-            self.bus.emit("job:retry", "job", job=ctx, id=job.job_id, error=err, delay=delay)
+            self.bus.emit(
+                "job:retry", "job", job=ctx, id=job.job_id, topic=job.topic, error=err, delay=delay
+            )
             return
         if stats is not None:
             stats.dead_lettered += 1
         self.log.error("job failed", outcome="failed", **about)
         self.log.warning("job dead-lettered", dead_letter=dead, **about)
-        self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, error=err)
+        self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, topic=job.topic, error=err)
         self.bus.emit("dead-letter", "job", job=ctx, id=dead, error=err, topic=job.topic)
         await self._finished([job.job_id])
 

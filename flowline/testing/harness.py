@@ -38,18 +38,34 @@ class SettleTimeout(FlowlineError, TimeoutError):
 class App:
     """A running pipeline (or several) with no servers: publish, enqueue, settle, look.
 
-    Made by `run`; `clock`, `store` and `streams` are the in-memory pieces it runs on.
+    Made by `run`. `clock`, `store` and `streams` are the in-memory pieces it runs on, and
+    `runner` the `flowline.Runner` running its stages on them.
     """
 
-    def __init__(self, target: object, *, clock: ManualClock | None, concurrency: int | None):
-        self.clock = clock or ManualClock()
-        self.store = MemoryStore(self.clock)
-        self.streams = MemorySource(self.clock)
-        settings = Settings(concurrency=concurrency, grace=5.0, events_retention=0)
-        self.runner = Runner(target, settings, store=self.store, streams=self.streams)
-        self.pipelines: list[Pipeline] = list(self.runner.plan.pipelines)
+    def __init__(self, runner: Runner, clock: ManualClock) -> None:
+        self.runner = runner
+        self.clock = clock
+        self.pipelines: list[Pipeline] = list(runner.plan.pipelines)
         self._events: list[Event] = []
         self._faults: dict[str, tuple[frozenset[int], BaseException | None]] = {}
+
+    @classmethod
+    def in_memory(
+        cls, target: object, *, clock: ManualClock | None = None, concurrency: int | None = None
+    ) -> App:
+        """An app on a new `MemoryStore` and `MemorySource` sharing one `ManualClock`."""
+        clock = clock or ManualClock()
+        settings = Settings(concurrency=concurrency, grace=5.0, events_retention=0)
+        store, streams = MemoryStore(clock), MemorySource(clock)
+        return cls(Runner(target, settings, store=store, streams=streams), clock)
+
+    @property
+    def store(self) -> MemoryStore:
+        return self.runner.store  # type: ignore[return-value]  # what `in_memory` gave it
+
+    @property
+    def streams(self) -> MemorySource:
+        return self.runner.streams  # type: ignore[return-value]
 
     # -- running --------------------------------------------------------------------------------
 
@@ -63,8 +79,10 @@ class App:
     async def stop(self) -> None:
         self.runner.stop_event.set()
         # Readers wait on the manual clock, which stands still: wake them to see the stop.
-        await self.store.close()
-        await self.streams.close()
+        if isinstance(self.runner.store, MemoryStore):
+            await self.runner.store.close()
+        if isinstance(self.runner.streams, MemorySource):
+            await self.runner.streams.close()
         try:
             await self.runner.stop()
         finally:
@@ -156,7 +174,7 @@ class App:
             due = self._next_due()
             if due is None:
                 return
-            self.clock.advance_to(due + _PAST)
+            self._reach(due)
 
     async def advance(self, seconds: float, *, within: float = 30.0) -> None:
         """Move time forward by `seconds`, stopping at each cron tick, delayed job and
@@ -175,9 +193,20 @@ class App:
             due = self._next_due(with_ticks=True)
             if due is None or due > end:
                 break
-            self.clock.advance_to(due + _PAST)
+            self._reach(due)
         self.clock.advance_to(end)
         await self._run_until_idle(deadline)
+
+    def _reach(self, due: float) -> None:
+        """Move time to `due`; once there, to the next sleeper's wake: the loop that picks up
+        what fell due (the delayed-job promoter, every 0.25 s) may be asleep past it."""
+        if due + _PAST > self.clock.time():
+            self.clock.advance_to(due + _PAST)
+            return
+        wake = self.clock.next_wake()
+        if wake is None:  # pragma: no cover - the runtime's loops always sleep on the clock
+            raise SettleTimeout(f"work fell due at {due} and nothing is left to run it")
+        self.clock.advance(max(0.0, wake - self.clock.monotonic()))
 
     def _next_due(self, *, with_ticks: bool = False) -> float | None:
         """The soonest time (epoch seconds) at which something waiting falls due."""
@@ -198,13 +227,21 @@ class App:
             await self._quiet()
             for p in self.pipelines:
                 await p.bus.drain()  # async listeners may publish or enqueue
-            if not (self.store.busy() or self.streams.busy()):
+            if not self._working():
                 await self._quiet()
-                if not (self.store.busy() or self.streams.busy()):
+                if not self._working():
                     return
             if loop.time() > deadline:
                 raise SettleTimeout(f"still busy after the time allowed: {self._busy()}")
             await asyncio.sleep(0.001)  # a handler awaits something real (I/O, a thread)
+
+    def _working(self) -> bool:
+        """Whether a job is ready or running, a message unrouted, or a cron tick firing."""
+        return (
+            self.store.busy()
+            or self.streams.busy()
+            or any(cron.firing for cron in self.runner.crons)
+        )
 
     async def _quiet(self) -> None:
         """Turn the event loop until the store, the streams and the events stop changing."""
@@ -222,6 +259,7 @@ class App:
         ]
         if self.streams.busy():
             parts.append("stream messages not yet routed")
+        parts += [f"Cron({c.cron.topic!r}) firing" for c in self.runner.crons if c.firing]
         return "; ".join(parts) or "nothing (it may have just finished)"
 
     # -- looking --------------------------------------------------------------------------------
@@ -237,18 +275,20 @@ class App:
         return [e for e in self.events("job:complete") if topic is None or e.topic == topic]
 
     def failed(self, topic: str | None = None) -> list[Event]:
-        """The ``job:failed`` events (of `topic`): jobs that failed for good."""
-        return [e for e in self.events("job:failed") if topic is None or _topic(e) == topic]
+        """The ``job:failed`` events (of `topic`): jobs that failed for good; each has ``id``,
+        ``topic``, ``error``."""
+        return [e for e in self.events("job:failed") if topic is None or e.topic == topic]
 
     def retried(self, topic: str | None = None) -> list[Event]:
-        """The ``job:retry`` events (of `topic`): attempts that failed and will run again."""
-        return [e for e in self.events("job:retry") if topic is None or _topic(e) == topic]
+        """The ``job:retry`` events (of `topic`): attempts that failed and will run again; each
+        has ``id``, ``topic``, ``error``, ``delay``."""
+        return [e for e in self.events("job:retry") if topic is None or e.topic == topic]
 
     async def job(self, job_id: str) -> JobInfo | None:
         """The job's record as the store holds it (as `QueueHandle.job`), or None."""
         for p in self.pipelines:
             for q in p.queues:
-                found = await self.store.job(p, q.name, job_id)
+                found = await self.runner.store.job(p, q.name, job_id)
                 if found is not None:
                     return found
         return None
@@ -257,7 +297,7 @@ class App:
         """Every pipeline's dead letters, oldest first (stream side, then each queue)."""
         out = []
         for p in self.pipelines:
-            out += await self.store.dead_letters(p, 10_000)
+            out += await self.runner.store.dead_letters(p, 10_000)
         return out
 
     def published(self, subject: str) -> list[bytes]:
@@ -277,11 +317,6 @@ class App:
         return f"dequeued topics: {', '.join(topics) or 'none'}"
 
 
-def _topic(event: Event) -> str | None:
-    job = event.data.get("job")
-    return job.topic if job is not None else event.data.get("topic")
-
-
 @contextlib.asynccontextmanager
 async def run(
     target: object, *, clock: ManualClock | None = None, concurrency: int | None = None
@@ -297,7 +332,7 @@ async def run(
         clock: the clock to run on (default: a `ManualClock` starting at the machine's time).
         concurrency: overrides every queue's concurrency.
     """
-    app = App(target, clock=clock, concurrency=concurrency)
+    app = App.in_memory(target, clock=clock, concurrency=concurrency)
     await app.start()
     try:
         yield app

@@ -24,9 +24,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from .harness import App, run
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - only without flowline[testing]
+    pytest_asyncio = None  # type: ignore[assignment]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,10 +68,19 @@ def flowline_target(request: pytest.FixtureRequest) -> Any:
     return target
 
 
-@pytest_asyncio.fixture
-async def flowline_app(request: pytest.FixtureRequest, flowline_target: Any) -> AsyncIterator[App]:
+async def _app(request: pytest.FixtureRequest, flowline_target: Any) -> AsyncIterator[App]:
     """`flowline.testing.run` of `flowline_target`, stopped after the test."""
     marker = request.node.get_closest_marker("flowline")
     concurrency = marker.kwargs.get("concurrency") if marker is not None else None
     async with run(flowline_target, concurrency=concurrency) as app:
         yield app
+
+
+if pytest_asyncio is not None:
+    flowline_app = pytest_asyncio.fixture(_app, name="flowline_app")
+else:  # pragma: no cover - only without flowline[testing]
+
+    @pytest.fixture
+    def flowline_app() -> None:
+        """Needs pytest-asyncio: ``pip install 'flowline[testing]'``."""
+        raise pytest.UsageError("flowline_app is async: install pytest-asyncio (flowline[testing])")
