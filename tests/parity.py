@@ -40,7 +40,9 @@ class OnServers(App):
             await p.bus.drain()
             for q in p.queues:
                 c = await r.store.counts(q.name)
-                if c.ready or c.running or c.delayed:
+                # A paused queue's ready jobs wait for its resume: nothing to do until then.
+                ready = c.ready and not await r.store.paused(q.name)
+                if ready or c.running or c.delayed:
                     return False
         js = await r.jetstream()
         for ingest in r.ingests:

@@ -197,6 +197,19 @@ class TestJobs:
         [job] = await read(store)
         assert (job.job_id, job.attempt) == ("key:a", 1)
 
+    async def test_a_paused_queue_gives_no_jobs_and_still_takes_them(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        assert await store.pause(Q)
+        assert not await store.pause(Q)  # already paused
+        assert await store.paused(Q)
+        assert await store.enqueue(Q, rows("b", "c", priority=1), NOW) == 2
+        assert await read(store) == []
+        assert (await store.counts(Q)).ready == 3
+        assert await store.resume(Q)
+        assert not await store.resume(Q)
+        assert sorted(j.job_id for j in await read(store)) == ["key:a", "key:b", "key:c"]
+
     async def test_progress_and_emit_marks_live_on_the_record(self, store: JobStore) -> None:
         await store.setup(Q)
         await store.enqueue(Q, rows("a"), NOW)

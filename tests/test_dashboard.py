@@ -358,6 +358,14 @@ class TestHttp:
         assert refused.headers["www-authenticate"].startswith('Basic realm="flowline dashboard"')
         assert PASSWORD not in refused.body
 
+    async def test_a_paused_queue_is_marked(self, dashboard: Any, redis: Any) -> None:
+        """The overview's queue row says paused while the queue is, and only then."""
+        dash = await dashboard("--auth", f"{USER}:{PASSWORD}")
+        assert 'data-paused="recorder"' not in request(dash.url, "/fragments/overview").body
+        await redis.set(Q.paused, "1")
+        body = request(dash.url, "/fragments/overview").body
+        assert '<span class="badge warn" data-paused="recorder">paused</span>' in body
+
     async def test_token_auth(self, dashboard: Any) -> None:
         """``--auth token``: the token works as a bearer and as the Basic password."""
         dash = await dashboard("--auth", "token", env={"FLOWLINE_DASHBOARD_TOKEN": TOKEN})

@@ -218,6 +218,25 @@ async def drive_idempotent(app: App, target: Any) -> None:
     assert sorted(e.id for e in app.completed()) == ["key:a", "key:same"]
 
 
+def paused() -> object:
+    p = Stream("parity", json.loads) >> Route(lambda e: [Job("held", e)]) >> Queue("parity")
+    p.dequeue("held", lambda job: job.data)
+    return p
+
+
+async def drive_paused(app: App, target: Any) -> None:
+    handle = target.queue("parity")
+    assert await handle.pause()
+    await app.publish(event(n=1))  # the stream side keeps routing into a paused queue
+    await app.enqueue("held", {"n": 2}, key="two")
+    await app.settle()
+    assert app.events("job:start") == []
+    assert (await handle.counts()).ready == 2
+    assert await handle.resume()
+    await app.settle()
+    assert sorted(e.id for e in app.completed()) == ["key:two", "parity:1:0"]
+
+
 SCENARIOS = {
     "happy path": Scenario(happy, drive_happy),
     "retries": Scenario(retries, drive_retries),
@@ -226,6 +245,7 @@ SCENARIOS = {
     "fan-in": Scenario(fan_in, drive_fan_in),
     "emit": Scenario(emit, drive_emit),
     "idempotent enqueue": Scenario(idempotent, drive_idempotent),
+    "pause and resume": Scenario(paused, drive_paused),
 }
 
 

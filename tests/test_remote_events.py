@@ -25,7 +25,7 @@ from flowline import Backoff, ConfigurationError, Event, Job, Queue, Route, Runn
 from flowline._events import EventBus, matches
 from flowline.runtime import eventlog
 from flowline.runtime.cron import CronTick
-from flowline.runtime.eventlog import EventLog, Recorded, encode, stream_key
+from flowline.runtime.eventlog import LISTENER_CLIENT, EventLog, Recorded, encode, stream_key
 from flowline.runtime.job import JobContext
 
 from .apps.eventful import job_id
@@ -334,8 +334,8 @@ async def test_listen_from_now_skips_history_and_closes_its_connection(settings,
 
 
 async def _reading(redis: Redis) -> bool:
-    """Whether some client's last command was XREAD (only a listener sends it)."""
-    return any(c.get("cmd") == "xread" for c in await redis.client_list())
+    """Whether a listener's connection is open (workers block in XREAD too: it is named)."""
+    return any(c.get("name") == LISTENER_CLIENT for c in await redis.client_list())
 
 
 async def _not_reading(redis: Redis) -> bool:

@@ -89,11 +89,24 @@ class JobStore:
 
     async def read(self, queue: str, consumer: str, count: int, block: float) -> list[Running]:
         """Claim ready jobs for `consumer`, waiting up to `block` seconds for one; an empty
-        list when none came.
+        list when none came. Claims nothing while the queue is paused.
 
         Up to `count` priority jobs come first, then up to `count` others (as Redis's COUNT,
         which applies per stream): a worker keeps what exceeds its free slots for later.
         """
+        raise NotImplementedError
+
+    async def pause(self, queue: str) -> bool:
+        """Stop every process from claiming `queue`'s jobs, from this call's return on (jobs
+        already running go on); enqueueing goes on. True if it was not paused."""
+        raise NotImplementedError
+
+    async def resume(self, queue: str) -> bool:
+        """Let `queue`'s jobs be claimed again; True if it was paused."""
+        raise NotImplementedError
+
+    async def paused(self, queue: str) -> bool:
+        """Whether `queue` is paused."""
         raise NotImplementedError
 
     async def complete(
@@ -133,7 +146,7 @@ class JobStore:
 
     async def reclaim(self, queue: str, consumer: str, idle_ms: int, count: int) -> list[Running]:
         """Take over up to `count` jobs whose holder has not refreshed them for `idle_ms`,
-        counting their attempt up."""
+        counting their attempt up; none while the queue is paused."""
         raise NotImplementedError
 
     async def heartbeat(self, queue: str, consumer: str, jobs: Sequence[Running]) -> list[Running]:

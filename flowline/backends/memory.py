@@ -72,6 +72,7 @@ class _Queue:
     delayed: dict[str, int] = field(default_factory=dict)  # job id -> due ms
     dead: list[tuple[str, str, str]] = field(default_factory=list)  # entry, job id, record
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    paused: bool = False
 
     def __post_init__(self) -> None:
         for stream in (*self.keys.streams, self.keys.dead):
@@ -101,16 +102,18 @@ class MemoryStore(JobStore):
     # -- what `flowline.testing` asks --------------------------------------------------------
 
     def busy(self) -> bool:
-        """Whether a job is ready or held by a worker."""
+        """Whether a job is held by a worker, or ready in a queue that is not paused."""
         return any(
-            q.pending or any(q.ready[s] for s in q.keys.streams) for q in self._queues.values()
+            q.pending or (not q.paused and any(q.ready[s] for s in q.keys.streams))
+            for q in self._queues.values()
         )
 
     def backlog(self) -> dict[str, tuple[int, int]]:
-        """Each queue with work: (jobs ready, jobs held by a worker)."""
+        """Each queue with work: (jobs ready, jobs held by a worker); a paused queue's ready
+        jobs wait for its resume, so they are not counted."""
         out = {}
         for name, q in self._queues.items():
-            ready = sum(len(q.ready[s]) for s in q.keys.streams)
+            ready = 0 if q.paused else sum(len(q.ready[s]) for s in q.keys.streams)
             if ready or q.pending:
                 out[name] = (ready, len(q.pending))
         return out
@@ -205,14 +208,30 @@ class MemoryStore(JobStore):
     async def read(self, queue: str, consumer: str, count: int, block: float) -> list[Running]:
         q = self._q(queue)
         urgent, normal = q.keys.streams
-        if not (q.ready[urgent] or q.ready[normal]):
+        if q.paused or not (q.ready[urgent] or q.ready[normal]):
             q.wake.clear()
             await self.clock.wait(q.wake, block)
+        if q.paused:
+            return []
         # As XREADGROUP's COUNT: up to `count` from each stream, urgent first.
         out = self._claim(q, consumer, urgent, count) + self._claim(q, consumer, normal, count)
         if out:
             self.changes += 1
         return out
+
+    async def pause(self, queue: str) -> bool:
+        q = self._q(queue)
+        was, q.paused = q.paused, True
+        return not was
+
+    async def resume(self, queue: str) -> bool:
+        q = self._q(queue)
+        was, q.paused = q.paused, False
+        q.wake.set()
+        return was
+
+    async def paused(self, queue: str) -> bool:
+        return self._q(queue).paused
 
     async def complete(
         self, queue: str, done: Sequence[tuple[Running, str]], now_ms: int, keep: int

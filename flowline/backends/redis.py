@@ -23,6 +23,9 @@ from ..runtime.scripts import ENQUEUE, Scripts, flat
 from .base import JobStore, Running
 from .clock import Clock, SystemClock
 
+# How often a worker of a paused queue looks whether it was resumed (seconds).
+PAUSED_POLL = 0.25
+
 if TYPE_CHECKING:
     from redis import Redis as SyncRedis
     from redis.asyncio import Redis
@@ -62,6 +65,16 @@ def from_reclaim(stream: str, row: list[bytes]) -> Running:
         int(born or 0),
         trace.decode() if trace else "",
     )
+
+
+def _claimed(keys: QueueKeys, reply: list[Any]) -> list[Running]:
+    """The jobs of a READ reply, urgent first; each entry's fields come as one flat list."""
+    out = []
+    for stream, entries in ((keys.urgent, reply[1]), (keys.jobs, reply[2])):
+        for entry, pairs in entries:
+            fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            out.append(from_entry(stream, entry, fields))
+    return out
 
 
 def release_args(job: Running) -> tuple[str | bytes | int, ...]:
@@ -137,29 +150,37 @@ class RedisStore(JobStore):
         return added
 
     async def read(self, queue: str, consumer: str, count: int, block: float) -> list[Running]:
-        # Urgent first: XREADGROUP answers streams in the order given.
-        streams: Any = dict.fromkeys(self._k(queue).streams, ">")
+        keys = self._k(queue)
+        claim = (keys.urgent, keys.jobs, keys.paused)
         try:
-            reply: Any = await self.redis.xreadgroup(
-                # BLOCK 0 would wait forever: no block is a read that does not wait.
-                GROUP,
-                consumer,
-                streams,
-                count=count,
-                block=int(block * 1000) or None,
-            )
+            reply: Any = await self.scripts.read(keys=claim, args=[GROUP, consumer, count])
+            if reply[0] == 1:  # paused: look again shortly (a resume takes effect then)
+                await self.clock.sleep(min(block, PAUSED_POLL))
+                return []
+            if len(reply) == 3 or block <= 0:
+                return _claimed(keys, reply)
+            # Nothing ready: wait for an entry newer than the newest now, then claim it. A
+            # blocking XREADGROUP would claim in the same call, past a pause set meanwhile.
+            newest: Any = {keys.urgent: reply[3], keys.jobs: reply[4]}
+            if not await self.redis.xread(newest, count=1, block=int(block * 1000)):
+                return []
+            reply = await self.scripts.read(keys=claim, args=[GROUP, consumer, count])
+            return [] if reply[0] == 1 else _claimed(keys, reply)
         except ResponseError as exc:
-            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+            if "NOGROUP" in str(exc):
                 # Someone deleted the queue (FLUSHALL in tests, or an operator): recreate it.
                 await self.setup(queue)
                 return []
             raise
-        # COUNT applies per stream, so both streams together may give more than `count`.
-        return [
-            from_entry(raw.decode(), entry, fields)
-            for raw, entries in reply or ()
-            for entry, fields in entries
-        ]
+
+    async def pause(self, queue: str) -> bool:
+        return bool(await self.redis.set(self._k(queue).paused, "1", nx=True))
+
+    async def resume(self, queue: str) -> bool:
+        return bool(await self.redis.delete(self._k(queue).paused))
+
+    async def paused(self, queue: str) -> bool:
+        return bool(await self.redis.exists(self._k(queue).paused))
 
     async def complete(
         self, queue: str, done: Sequence[tuple[Running, str]], now_ms: int, keep: int
@@ -225,7 +246,8 @@ class RedisStore(JobStore):
             if len(out) >= count:
                 break
             rows = await self.scripts.reclaim(
-                keys=[stream], args=[GROUP, consumer, idle_ms, count - len(out), keys.job_prefix]
+                keys=[stream, keys.paused],
+                args=[GROUP, consumer, idle_ms, count - len(out), keys.job_prefix],
             )
             out += [from_reclaim(stream, row) for row in rows]
         return out

@@ -111,8 +111,9 @@ def render(doc: dict[str, Any]) -> Group:
         table = _table("queue", "topics", "ready", "running", "delayed", "dead", "done/1m",
                       "failed/1m", "jobs/s", title="queues", title_justify="left")  # fmt: skip
         for q in p["queues"]:
+            name = f"{q['name']} [yellow](paused)[/]" if q.get("paused") else q["name"]
             table.add_row(
-                q["name"], ", ".join(q["topics"]), _v(q["ready"]), _v(q["running"]),
+                name, ", ".join(q["topics"]), _v(q["ready"]), _v(q["running"]),
                 _v(q["delayed"]), _v(q["dead"], bad=True), _v(q["completed_1m"]),
                 _v(q["failed_1m"], bad=True), _v(q["jobs_per_s"]),
             )  # fmt: skip

@@ -242,6 +242,14 @@ class Metrics:
                 for state in QUEUE_STATES:
                     family.add_metric((*labels, state), counts.get(state, 0))
             yield family
+            paused = GaugeMetricFamily(
+                "flowline_queue_paused",
+                "1 while the queue is paused (read from Redis: the same in every process).",
+                labels=("pipeline", "queue"),
+            )
+            for labels, counts in snap.queues.items():
+                paused.add_metric(labels, counts.get("paused", 0))
+            yield paused
         if fresh and snap.streams is not None:
             pending = GaugeMetricFamily(
                 "flowline_stream_pending",

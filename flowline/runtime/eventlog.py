@@ -80,6 +80,7 @@ MAX_EVENT = 16 * 1024  # bytes of JSON per event; larger values are replaced by 
 WARN_EVERY = 60.0  # seconds between two warnings about dropped events
 IDLE_WAIT = 0.1  # the longest a new event waits for its flush after a quiet spell
 BLOCK_MS = 1000  # how long one XREAD waits for new entries
+LISTENER_CLIENT = "flowline-listen"  # the Redis client name of `listen`'s connection
 
 
 # KEYS: a pipeline's event stream, its index. ARGV: retention, process id, number of events,
@@ -665,6 +666,9 @@ async def listen(
         settings = Settings.from_env(redis_url=redis_url)
     elif redis_url is not None:
         settings = dataclasses.replace(settings, redis_url=redis_url)
+    # Named, so an operator's CLIENT LIST tells listeners from workers (both block in XREAD).
+    options = {"client_name": LISTENER_CLIENT, **settings.redis_options}
+    settings = dataclasses.replace(settings, redis_options=options)
     redis = await connect_redis(settings, max_connections=2)
     try:
         async for rec in tail(redis, [name], names, since=since):

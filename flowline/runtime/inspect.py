@@ -35,6 +35,7 @@ class QueueState:
     dead: int
     completed_1m: int
     failed_1m: int
+    paused: bool = False
 
     @property
     def jobs_per_s(self) -> float:
@@ -61,6 +62,7 @@ async def queue_states(redis: Redis, names: list[str]) -> dict[str, QueueState]:
             pipe.xpending(stream, GROUP)
         pipe.zcard(keys.delayed)
         pipe.xlen(keys.dead)
+        pipe.exists(keys.paused)
         for bucket in buckets:
             pipe.hmget(keys.stats(bucket), "completed", "failed")
     # A queue no worker has set up yet has no group: XPENDING's error then means 0.
@@ -68,9 +70,9 @@ async def queue_states(redis: Redis, names: list[str]) -> dict[str, QueueState]:
     if replies and all(isinstance(x, Exception) for x in replies):
         raise replies[0]
     out = {}
-    per = 6 + len(buckets)
+    per = 7 + len(buckets)
     for i, name in enumerate(names):
-        urgent_len, urgent_pending, jobs_len, jobs_pending, delayed, dead, *stats = replies[
+        urgent_len, urgent_pending, jobs_len, jobs_pending, delayed, dead, paused, *stats = replies[
             i * per : (i + 1) * per
         ]
         running = _pending(urgent_pending) + _pending(jobs_pending)
@@ -87,6 +89,7 @@ async def queue_states(redis: Redis, names: list[str]) -> dict[str, QueueState]:
             dead=_int(dead),
             completed_1m=completed,
             failed_1m=failed,
+            paused=_int(paused) > 0,
         )
     return out
 

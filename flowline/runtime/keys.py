@@ -7,6 +7,7 @@ and the layout works unchanged on Redis Cluster.
     flowline:{q}:urgent      stream of ready jobs with priority > 0, read before ``jobs``
     flowline:{q}:delayed     zset: job id -> due time (ms) for delayed jobs and retries
     flowline:{q}:dead        stream of dead letters (jobs that exhausted their attempts)
+    flowline:{q}:paused      set while the queue is paused: no process claims its jobs
     flowline:{q}:job:<id>    hash: state, topic, attempt, progress, result, error, timestamps
     flowline:{q}:stats:<n>   hash: jobs completed / failed in the n-th 10-second window
 """
@@ -48,6 +49,10 @@ class QueueKeys:
     @property
     def dead(self) -> str:
         return self.prefix + "dead"
+
+    @property
+    def paused(self) -> str:
+        return self.prefix + "paused"
 
     @property
     def job_prefix(self) -> str:

@@ -109,6 +109,7 @@ class Probe:
                 "running": states[labels[1]].running,
                 "delayed": states[labels[1]].delayed,
                 "dead": states[labels[1]].dead,
+                "paused": int(states[labels[1]].paused),
             }
             for labels in targets
         }

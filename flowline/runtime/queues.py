@@ -53,6 +53,21 @@ class QueueHandle:
         """
         return await self._store.job(self.pipeline, self.name, job_id)
 
+    async def pause(self) -> bool:
+        """Pause the queue in every process: from this call's return no process starts one of
+        its jobs; jobs already running finish, and the stream side keeps routing into it.
+        Returns False if it was already paused."""
+        return await self._store.pause(self.name)
+
+    async def resume(self) -> bool:
+        """Let every process start the queue's jobs again (within a quarter of a second);
+        returns False if it was not paused."""
+        return await self._store.resume(self.name)
+
+    async def paused(self) -> bool:
+        """Whether the queue is paused."""
+        return await self._store.paused(self.name)
+
     async def counts(self) -> QueueCounts:
         """Ready, running (claimed by a worker), delayed and dead jobs."""
         return await self._store.counts(self.name)

@@ -48,6 +48,29 @@ end
 return added
 """
 
+# KEYS: urgent stream, jobs stream, paused flag. ARGV: group, consumer, count.
+# Claims up to `count` new entries of each stream (urgent first), unless the queue is paused:
+# checking the flag in the same atomic call as the claim is what makes a pause exact.
+# Returns {1} when paused; {0, urgent entries, jobs entries} when it claimed some; and when
+# there were none, {0, {}, {}, newest urgent id, newest jobs id}: a blocking XREAD from those
+# ids wakes at the next entry added.
+READ = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {1} end
+local got, any = {}, false
+for i = 1, 2 do
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+    'STREAMS', KEYS[i], '>')
+  if r then got[i] = r[1][2]; any = true else got[i] = {} end
+end
+if any then return {0, got[1], got[2]} end
+local newest = {}
+for i = 1, 2 do
+  local e = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  newest[i] = e[1] and e[1][1] or '0-0'
+end
+return {0, got[1], got[2], newest[1], newest[2]}
+"""
+
 # KEYS: a ready stream, the queue's stats hash of this time window (optional). ARGV: group, job
 # key prefix, now ms, keep seconds, then per job: entry id, job id, result json.
 COMPLETE = """
@@ -130,13 +153,16 @@ local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#ids, nxt[2] or '-1'}
 """
 
-# KEYS: a ready stream. ARGV: group, consumer, min idle ms, count, job key prefix.
-# Claims up to `count` jobs whose worker stopped heart-beating; counts the attempt up.
+# KEYS: a ready stream, the queue's paused flag. ARGV: group, consumer, min idle ms, count,
+# job key prefix.
+# Claims up to `count` jobs whose worker stopped heart-beating; counts the attempt up. Claims
+# nothing while the queue is paused: a dead worker's jobs wait, pending, for the resume.
 # XPENDING IDLE looks through the whole pending list for abandoned entries, so every one is
 # found on the first call after its claim expired (XAUTOCLAIM examines only 10 x COUNT entries
 # per call: with COUNT = free slots, a long pending list took many calls to get through).
 # Returns {{entry id, job id, topic, data, attempt, born, trace}...}.
 RECLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local out = {}
 local idle = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
 for _, p in ipairs(idle) do
@@ -223,6 +249,7 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self.enqueue: AsyncScript = redis.register_script(ENQUEUE)
+        self.read: AsyncScript = redis.register_script(READ)
         self.complete: AsyncScript = redis.register_script(COMPLETE)
         self.fail: AsyncScript = redis.register_script(FAIL)
         self.promote: AsyncScript = redis.register_script(PROMOTE)

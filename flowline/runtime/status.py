@@ -16,8 +16,8 @@ The document (``flowline status --json`` prints it; its keys are stable)::
                                  "last_sequence", "durable", "pending", "ack_pending",
                                  "redelivered", "last_acked"}],
                     "stream": <the first of streams> | null,
-                    "queues": [{"name", "topics", "ready", "running", "delayed", "dead",
-                                "completed_1m", "failed_1m", "jobs_per_s"}],
+                    "queues": [{"name", "topics", "paused", "ready", "running", "delayed",
+                                "dead", "completed_1m", "failed_1m", "jobs_per_s"}],
                     "crons": [{"topic", "schedule", "tz", "last_fired", "next_tick"}]}]}
 """
 
@@ -196,7 +196,7 @@ class StatusReader:
     def _queue(self, p: Pipeline, name: str, state: Any) -> dict[str, Any]:
         topics = sorted(t for t, topic in p.topics.items() if topic.queue.name == name)
         doc: dict[str, Any] = {"name": name, "topics": topics}
-        fields = ("ready", "running", "delayed", "dead", "completed_1m", "failed_1m")
+        fields = ("paused", "ready", "running", "delayed", "dead", "completed_1m", "failed_1m")
         for key in fields:
             doc[key] = getattr(state, key) if state is not None else None
         doc["jobs_per_s"] = round(state.jobs_per_s, 3) if state is not None else None

@@ -156,6 +156,9 @@ class QueueWorker:
                 await self._slot.wait()
                 continue
             if backlog:
+                # Read ahead, before a pause: not started while paused, but handed back.
+                if await self._hand_back_if_paused():
+                    continue
                 while backlog and self._running < self.concurrency:
                     self._start(backlog.popleft())
                 continue
@@ -177,6 +180,24 @@ class QueueWorker:
                 else:
                     self.claims[job.key] = job
                     backlog.append(job)
+
+    async def _hand_back_if_paused(self) -> bool:
+        """When the queue is paused, give the read-ahead backlog back; True if it was."""
+        try:
+            if not await self.store.paused(self.name):
+                return False
+            held = list(self._backlog)
+            await self.store.release(self.name, self.consumer, held)
+        except Exception as exc:
+            self._store_trouble()
+            self.log.warning("could not check whether the queue is paused", error=repr(exc))
+            await self.clock.sleep(0.5)
+            return True
+        self._backlog.clear()
+        for job in held:
+            self.claims.pop(job.key, None)
+        self.log.info("queue paused: handed back jobs read ahead", jobs=len(held))
+        return True
 
     def _start(self, job: Running) -> None:
         self.claims[job.key] = job
