@@ -154,6 +154,7 @@ class TestEndpoint:
                 "nats": "ok",
                 "redis": "ok",
                 "loops": {"stream:tiny": "running", "queue:tiny": "running"},
+                "settings": [],
             }
             await publish(js, "tiny", [{"n": i} for i in range(5)] + [{"fail": True}])
 

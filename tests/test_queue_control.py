@@ -15,6 +15,7 @@ from .apps.recorder import pipeline as recorder
 from .conftest import eventually, flowline_cli, runs
 
 TARGET = "tests.apps.recorder:pipeline"
+PAUSE_SEEN_WITHIN = 0.5
 
 
 def jobs_event(*jobs: dict[str, Any]) -> bytes:
@@ -38,9 +39,12 @@ async def test_a_pause_holds_every_process_and_loses_nothing(
             await recorder.enqueue("record", {"sleep": 1.0, "n": n})
         await eventually(lambda: _has(started(redis), 4))
         result = flowline_cli("queue", TARGET, "pause", "recorder", env=env)
-        paused_at = time.time()
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("paused recorder: no process starts its jobs until")
+        # Every process sees the pause within half a second (the README's bound); from then on
+        # nothing may start.
+        await asyncio.sleep(PAUSE_SEEN_WITHIN)
+        paused_at = time.time()
         for n in range(10):
             await recorder.enqueue("record", {"n": 100 + n})
         for n in range(5):

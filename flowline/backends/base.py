@@ -89,7 +89,8 @@ class JobStore:
 
     async def read(self, queue: str, consumer: str, count: int, block: float) -> list[Running]:
         """Claim ready jobs for `consumer`, waiting up to `block` seconds for one; an empty
-        list when none came. Claims nothing while the queue is paused.
+        list when none came. Claims nothing while the queue is paused (a store may take up to
+        a quarter of a second to see a pause made through another process's store).
 
         Up to `count` priority jobs come first, then up to `count` others (as Redis's COUNT,
         which applies per stream): a worker keeps what exceeds its free slots for later.
@@ -97,16 +98,16 @@ class JobStore:
         raise NotImplementedError
 
     async def pause(self, queue: str) -> bool:
-        """Stop every process from claiming `queue`'s jobs, from this call's return on (jobs
-        already running go on); enqueueing goes on. True if it was not paused."""
+        """Stop every process from claiming `queue`'s jobs (jobs already running go on);
+        enqueueing goes on. True if it was not paused."""
         raise NotImplementedError
 
     async def resume(self, queue: str) -> bool:
         """Let `queue`'s jobs be claimed again; True if it was paused."""
         raise NotImplementedError
 
-    async def paused(self, queue: str) -> bool:
-        """Whether `queue` is paused."""
+    async def paused(self, queue: str, *, within: float = 0.0) -> bool:
+        """Whether `queue` is paused; an answer up to `within` seconds old will do."""
         raise NotImplementedError
 
     async def complete(

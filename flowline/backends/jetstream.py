@@ -7,6 +7,7 @@ nats-py's own ``Msg`` objects: nothing is wrapped on the hot path.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,37 @@ async def ensure_stream(js: JetStreamContext, subject: str) -> str:
         return name
 
 
+# The consumer settings a stage decides, compared with the server's at every start (`settle`)
+# and by every readiness check (`drift`): (ConsumerConfig field, how to show its value).
+SETTINGS: tuple[tuple[str, Callable[[Any], str]], ...] = (
+    ("ack_wait", lambda v: f"{float(v):g}s"),
+    ("max_ack_pending", str),
+    ("max_deliver", str),
+    ("filter_subject", repr),
+    ("deliver_policy", lambda v: str(getattr(v, "value", v))),
+)
+
+
+def drift(wanted: ConsumerConfig, actual: ConsumerConfig) -> list[tuple[str, str, str]]:
+    """The settings in which the server's consumer differs from `wanted`: (option, server's
+    value, wanted value)."""
+    out = []
+    for name, show in SETTINGS:
+        want, have = getattr(wanted, name), getattr(actual, name)
+        if want is not None and (have is None or show(have) != show(want)):
+            out.append((name, "unset" if have is None else show(have), show(want)))
+    return out
+
+
+def describe_drift(stream: str, durable: str, rows: list[tuple[str, str, str]]) -> list[str]:
+    """One line per setting: what the server has, and what this process's stage says."""
+    return [
+        f"consumer {durable!r} of stream {stream!r}: {name} is {have} on the server, "
+        f"{want} in this process's Stream"
+        for name, have, want in rows
+    ]
+
+
 class JetStreamSource(StreamSource):
     """Streams on JetStream, reached through `connect` on first use (a process that only
     works queues may never need NATS).
@@ -61,6 +93,8 @@ class JetStreamSource(StreamSource):
     def __init__(self, connect: Callable[[], Awaitable[JetStreamContext]]) -> None:
         self._connect = connect
         self._known: set[str] = set()
+        # What each consumer this process set up should be: readiness compares the server's.
+        self.wanted: dict[tuple[str, str], ConsumerConfig] = {}
 
     async def close(self) -> None:
         """Nothing: the runner owns the connection."""
@@ -94,4 +128,43 @@ class JetStreamSource(StreamSource):
         )
         js = await self._connect()
         sub: Any = await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        self.wanted[(stream, durable)] = config
+        await self._settle(js, stream, durable, config)
         return sub  # type: ignore[no-any-return]  # a PullSubscription is a Consumer
+
+    async def _settle(
+        self, js: JetStreamContext, stream: str, durable: str, config: ConsumerConfig
+    ) -> None:
+        """Bring an existing consumer in line with the stage (nats-py leaves one it finds as it
+        is): what the server can change is changed, and said; what it refuses is said."""
+        info = await js.consumer_info(stream, durable)
+        rows = drift(config, info.config)
+        if not rows:
+            return
+        about = {"stream": stream, "consumer": durable}
+        updatable = [r for r in rows if r[0] != "deliver_policy"]
+        if updatable:
+            # Sent with the server's deliver policy: JetStream refuses an update that changes it.
+            update = dataclasses.replace(config, deliver_policy=info.config.deliver_policy)
+            try:
+                await js.add_consumer(stream, config=update)  # creates, or updates, by name
+            except Exception as exc:
+                for name, have, want in updatable:
+                    log.warning(
+                        "consumer setting differs from the Stream's; the server refused the "
+                        "update",
+                        option=name, server=have, stage=want, error=str(exc), **about,
+                    )  # fmt: skip
+            else:
+                for name, have, want in updatable:
+                    log.info(
+                        "consumer setting updated to the Stream's",
+                        option=name, was=have, now=want, **about,
+                    )  # fmt: skip
+        for name, have, want in rows:
+            if name == "deliver_policy":
+                log.warning(
+                    "consumer setting differs from the Stream's; JetStream cannot change it on "
+                    "an existing consumer",
+                    option=name, server=have, stage=want, **about,
+                )  # fmt: skip

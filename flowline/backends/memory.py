@@ -230,7 +230,7 @@ class MemoryStore(JobStore):
         q.wake.set()
         return was
 
-    async def paused(self, queue: str) -> bool:
+    async def paused(self, queue: str, *, within: float = 0.0) -> bool:
         return self._q(queue).paused
 
     async def complete(

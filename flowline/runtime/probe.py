@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from ..backends.jetstream import JetStreamSource, describe_drift, drift
 from ..observability.metrics import ServerSnapshot
 from .inspect import queue_states
 
@@ -36,9 +37,13 @@ class Probe:
         self._lock = asyncio.Lock()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, body): body is ``{"status", "nats", "redis", "loops": {name: state}}``."""
+        """(ready, body): body is ``{"status", "nats", "redis", "loops": {name: state},
+        "settings": [...]}``; `settings` says where a server's consumer differs from this
+        process's Stream (one line each, naming the option and both values: during a rolling
+        deploy the last process to start set it). A difference does not make it unready."""
         r = self.runner
         redis, nats = await asyncio.gather(self._redis(), self._nats())
+        settings = await self._settings() if nats == "ok" else []
         loops = {name: _state(task) for name, task in r.loops.items()}
         if r.stop_event.is_set():
             status = "stopping"
@@ -54,7 +59,28 @@ class Probe:
         )
         if status == "ok" and not ready:
             status = "degraded"
-        return ready, {"status": status, "nats": nats, "redis": redis, "loops": loops}
+        body = {"status": status, "nats": nats, "redis": redis, "loops": loops}
+        return ready, {**body, "settings": settings}
+
+    async def _settings(self) -> list[str]:
+        """Where the server's consumers differ from what this process's Streams say."""
+        r = self.runner
+        source = r.streams
+        if not r.ingests or r.js is None or not isinstance(source, JetStreamSource):
+            return []
+        out: list[str] = []
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                for ingest in r.ingests:
+                    key = (ingest.stream_name, ingest.durable)
+                    wanted = source.wanted.get(key)
+                    if wanted is None:
+                        continue
+                    info = await r.js.consumer_info(*key)
+                    out += describe_drift(*key, drift(wanted, info.config))
+        except Exception as exc:
+            out.append(f"consumer settings not read: {_failure(exc)}")
+        return out
 
     async def _redis(self) -> str:
         redis = self.runner.redis

@@ -48,29 +48,6 @@ end
 return added
 """
 
-# KEYS: urgent stream, jobs stream, paused flag. ARGV: group, consumer, count.
-# Claims up to `count` new entries of each stream (urgent first), unless the queue is paused:
-# checking the flag in the same atomic call as the claim is what makes a pause exact.
-# Returns {1} when paused; {0, urgent entries, jobs entries} when it claimed some; and when
-# there were none, {0, {}, {}, newest urgent id, newest jobs id}: a blocking XREAD from those
-# ids wakes at the next entry added.
-READ = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return {1} end
-local got, any = {}, false
-for i = 1, 2 do
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
-    'STREAMS', KEYS[i], '>')
-  if r then got[i] = r[1][2]; any = true else got[i] = {} end
-end
-if any then return {0, got[1], got[2]} end
-local newest = {}
-for i = 1, 2 do
-  local e = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
-  newest[i] = e[1] and e[1][1] or '0-0'
-end
-return {0, got[1], got[2], newest[1], newest[2]}
-"""
-
 # KEYS: a ready stream, the queue's stats hash of this time window (optional). ARGV: group, job
 # key prefix, now ms, keep seconds, then per job: entry id, job id, result json.
 COMPLETE = """
@@ -249,7 +226,6 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self.enqueue: AsyncScript = redis.register_script(ENQUEUE)
-        self.read: AsyncScript = redis.register_script(READ)
         self.complete: AsyncScript = redis.register_script(COMPLETE)
         self.fail: AsyncScript = redis.register_script(FAIL)
         self.promote: AsyncScript = redis.register_script(PROMOTE)

@@ -184,7 +184,7 @@ class QueueWorker:
     async def _hand_back_if_paused(self) -> bool:
         """When the queue is paused, give the read-ahead backlog back; True if it was."""
         try:
-            if not await self.store.paused(self.name):
+            if not await self.store.paused(self.name, within=0.25):
                 return False
             held = list(self._backlog)
             await self.store.release(self.name, self.consumer, held)

@@ -2,7 +2,8 @@
 
 Events are JSON: ``{"jobs": [{"topic": ..., "data": ...}, ...]}`` becomes those jobs;
 ``{"raise": "why"}`` makes the router raise. Settings come from the environment so one module
-serves every test: FLOWLINE_TEST_VISIBILITY, FLOWLINE_TEST_RETRIES, FLOWLINE_TEST_MAX_DELIVER.
+serves every test: FLOWLINE_TEST_VISIBILITY, FLOWLINE_TEST_RETRIES, FLOWLINE_TEST_MAX_DELIVER,
+FLOWLINE_TEST_ACK_WAIT.
 
 Every handler run appends ``{"id", "topic", "attempt", "pid", "event", "t"}`` to the Redis list
 ``test:runs`` (event is "start" or "done"), so tests assert on what handlers really did.
@@ -61,7 +62,13 @@ def router(event: dict[str, Any]) -> Any:
 
 
 pipeline = (
-    Stream(SUBJECT, json.loads, max_deliver=MAX_DELIVER, ack_wait=5, max_payload=64 * 1024)
+    Stream(
+        SUBJECT,
+        json.loads,
+        max_deliver=MAX_DELIVER,
+        ack_wait=float(os.environ.get("FLOWLINE_TEST_ACK_WAIT", "5")),
+        max_payload=64 * 1024,
+    )
     >> Route(router)
     >> Queue(
         "recorder",
