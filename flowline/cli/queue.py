@@ -27,9 +27,9 @@ def queue(
 ) -> None:
     """Pause or resume queue(s) NAMES of TARGET in every process at once.
 
-    Paused, no process starts a job of the queue (jobs running finish) while the stream side
-    keeps routing into it; resumed, every process starts its jobs again within a quarter of a
-    second.
+    Paused, no process starts a job of the queue within half a second (jobs running finish)
+    while the stream side keeps routing into it; resumed, every process starts its jobs again
+    within a quarter of a second.
     """
     pipelines = load_pipelines(target)
     owners = {q.name: p for p in pipelines for q in p.queues}

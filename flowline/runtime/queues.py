@@ -54,9 +54,9 @@ class QueueHandle:
         return await self._store.job(self.pipeline, self.name, job_id)
 
     async def pause(self) -> bool:
-        """Pause the queue in every process: from this call's return no process starts one of
-        its jobs; jobs already running finish, and the stream side keeps routing into it.
-        Returns False if it was already paused."""
+        """Pause the queue in every process: within half a second of this call's return no
+        process starts one of its jobs (this process at once); jobs already running finish,
+        and the stream side keeps routing into it. Returns False if it was already paused."""
         return await self._store.pause(self.name)
 
     async def resume(self) -> bool:
