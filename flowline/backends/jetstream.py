@@ -52,21 +52,23 @@ async def ensure_stream(js: JetStreamContext, subject: str) -> str:
 
 
 # The consumer settings a stage decides, compared with the server's at every start (`settle`)
-# and by every readiness check (`drift`): (ConsumerConfig field, how to show its value).
-SETTINGS: tuple[tuple[str, Callable[[Any], str]], ...] = (
-    ("ack_wait", lambda v: f"{float(v):g}s"),
-    ("max_ack_pending", str),
-    ("max_deliver", str),
-    ("filter_subject", repr),
-    ("deliver_policy", lambda v: str(getattr(v, "value", v))),
-)
+# and by every readiness check (`drift`): how to show each value, by ConsumerConfig field.
+SETTINGS: dict[str, Callable[[Any], str]] = {
+    "ack_wait": lambda v: f"{float(v):g}s",
+    "max_ack_pending": str,
+    "max_deliver": str,
+    "filter_subject": repr,
+    "deliver_policy": lambda v: str(getattr(v, "value", v)),
+}
+# Those JetStream refuses to change on an existing consumer: an update keeps the server's.
+FIXED = frozenset({"deliver_policy"})
 
 
 def drift(wanted: ConsumerConfig, actual: ConsumerConfig) -> list[tuple[str, str, str]]:
     """The settings in which the server's consumer differs from `wanted`: (option, server's
     value, wanted value)."""
     out = []
-    for name, show in SETTINGS:
+    for name, show in SETTINGS.items():
         want, have = getattr(wanted, name), getattr(actual, name)
         if want is not None and (have is None or show(have) != show(want)):
             out.append((name, "unset" if have is None else show(have), show(want)))
@@ -142,10 +144,10 @@ class JetStreamSource(StreamSource):
         if not rows:
             return
         about = {"stream": stream, "consumer": durable}
-        updatable = [r for r in rows if r[0] != "deliver_policy"]
+        updatable = [r for r in rows if r[0] not in FIXED]
         if updatable:
-            # Sent with the server's deliver policy: JetStream refuses an update that changes it.
-            update = dataclasses.replace(config, deliver_policy=info.config.deliver_policy)
+            kept = {name: getattr(info.config, name) for name in FIXED}
+            update = dataclasses.replace(config, **kept)
             try:
                 await js.add_consumer(stream, config=update)  # creates, or updates, by name
             except Exception as exc:
@@ -162,7 +164,7 @@ class JetStreamSource(StreamSource):
                         option=name, was=have, now=want, **about,
                     )  # fmt: skip
         for name, have, want in rows:
-            if name == "deliver_policy":
+            if name in FIXED:
                 log.warning(
                     "consumer setting differs from the Stream's; JetStream cannot change it on "
                     "an existing consumer",

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from ..runtime import deadletters, fanin, jobs
 from ..runtime.enqueue import by_queue
 from ..runtime.inspect import STATS_BUCKET
-from ..runtime.keys import GROUP, QueueKeys, cron_key, stream_dead_letters
+from ..runtime.keys import GROUP, QueueKeys, cron_key, fan_in_keys, stream_dead_letters
 from ..runtime.queues import QueueCounts
 from ..runtime.scripts import ENQUEUE, Scripts, flat
 from .base import JobStore, Running
@@ -299,7 +299,7 @@ class RedisStore(JobStore):
     async def fan_in_totals(self, pipeline: str, totals: dict[str, int], keep: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for origin, total in totals.items():
-            meta, _ = fanin.keys(pipeline, origin)
+            meta, _ = fan_in_keys(pipeline, origin)
             pipe.hsetnx(meta, "total", total)
             pipe.expire(meta, keep)
         await pipe.execute()
@@ -312,7 +312,7 @@ class RedisStore(JobStore):
         for job_id in job_ids:
             origin = fanin.origin_of(job_id)
             origins.append(origin)
-            meta, done = fanin.keys(pipeline, origin)
+            meta, done = fan_in_keys(pipeline, origin)
             await self.scripts.fan_in(keys=[meta, done], args=[job_id, keep], client=pipe)
         if not origins:
             return []

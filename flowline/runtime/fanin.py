@@ -18,12 +18,6 @@ if TYPE_CHECKING:
     from .enqueue import Planned
 
 
-def keys(pipeline: str, origin: str) -> tuple[str, str]:
-    """The Redis meta hash and done set of the message `origin` (``<stream>:<sequence>``)."""
-    base = f"flowline:fanin:{{{pipeline}:{origin}}}"
-    return base, base + ":done"
-
-
 def origin_of(job_id: str) -> str:
     """``<stream>:<sequence>`` of a routed job id ``<stream>:<sequence>:<index>``."""
     return job_id.rsplit(":", 1)[0]

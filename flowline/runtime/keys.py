@@ -71,6 +71,13 @@ def stream_dead_letters(pipeline: str) -> QueueKeys:
     return QueueKeys(f"stream:{pipeline}")
 
 
+def fan_in_keys(pipeline: str, origin: str) -> tuple[str, str]:
+    """The meta hash and done set of the stream message `origin` (``<stream>:<sequence>``);
+    both share one hash tag, so the fan-in script touches a single slot."""
+    base = f"flowline:fanin:{{{pipeline}:{origin}}}"
+    return base, base + ":done"
+
+
 def cron_key(pipeline: str, topic: str) -> str:
     """The key whose value is the last cron tick fired (ms), shared by every process."""
     return f"flowline:{{cron:{pipeline}}}:{topic}"
