@@ -153,7 +153,7 @@ async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
                 meta = msg.metadata
                 born = int(meta.timestamp.timestamp() * 1000)
                 args += common.fanbase_rows(stream, meta.sequence.stream, ev, born)
-            await script(keys=[keys.jobs, keys.delayed], args=args)
+            await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args)
             for msg in msgs:
                 await msg.ack()
 

@@ -24,7 +24,7 @@ from .errors import (
 from .runtime.cron import CronTick
 from .runtime.eventlog import listen
 from .runtime.job import JobContext
-from .runtime.queues import JobInfo, QueueCounts, QueueHandle
+from .runtime.queues import Cancellation, JobInfo, QueueCounts, QueueHandle
 from .runtime.runner import Runner, connect
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "Route",
     "Stream",
     # running them
+    "Cancellation",
     "Event",
     "JobContext",
     "JobInfo",

@@ -24,6 +24,7 @@ from ._stages import (
     Backoff,
     Cron,
     Queue,
+    Rate,
     Route,
     Source,
     Stage,
@@ -48,6 +49,7 @@ class Topic:
     retries: int
     backoff: Backoff
     timeout: float | None
+    rate: Rate | None = None
 
     @property
     def handler_name(self) -> str:
@@ -115,6 +117,7 @@ class Assembly(abc.ABC):
         retries: int | None = None,
         backoff: Backoff | None = None,
         timeout: float | timedelta | None = None,
+        rate: Rate | str | None = None,
     ) -> Callable[[Handler], Handler]: ...
 
     @overload
@@ -126,6 +129,7 @@ class Assembly(abc.ABC):
         retries: int | None = None,
         backoff: Backoff | None = None,
         timeout: float | timedelta | None = None,
+        rate: Rate | str | None = None,
     ) -> Handler: ...
 
     def dequeue(
@@ -136,6 +140,7 @@ class Assembly(abc.ABC):
         retries: int | None = None,
         backoff: Backoff | None = None,
         timeout: float | timedelta | None = None,
+        rate: Rate | str | None = None,
     ) -> Any:
         """Run `handler(job)` for every job of `topic`; usable as a decorator.
 
@@ -146,6 +151,8 @@ class Assembly(abc.ABC):
             retries: further attempts after a failure (default: the queue's).
             backoff: delays between attempts (default: the queue's).
             timeout: seconds before the handler fails with `JobTimeout` (default: the queue's).
+            rate: at most this many starts of the topic's jobs per period across every process
+                (`Rate`, or ``"10/s"``), besides the queue's own rate; its jobs past it wait.
 
         Raises:
             PipelineError: the topic is already dequeued, the handler is not callable, or no
@@ -153,7 +160,7 @@ class Assembly(abc.ABC):
         """
         if handler is None:
             return lambda fn: self.dequeue(
-                topic, fn, retries=retries, backoff=backoff, timeout=timeout
+                topic, fn, retries=retries, backoff=backoff, timeout=timeout, rate=rate
             )
         if not isinstance(topic, str) or not topic:
             raise PipelineError(f"dequeue() needs a topic name, got {topic!r}")
@@ -181,6 +188,7 @@ class Assembly(abc.ABC):
             retries=opts.retries if retries is None else retries,
             backoff=backoff or opts.backoff,
             timeout=opts.timeout if timeout is None else seconds(timeout),
+            rate=Rate.of(rate),
         )
         self._own.add(topic)
         return handler

@@ -38,6 +38,7 @@ LIFECYCLE = frozenset(
         "job:complete",
         "job:retry",
         "job:failed",
+        "job:cancelled",
         "dead-letter",
         "route:complete",
         "cron",

@@ -6,8 +6,9 @@ onto NATS and Redis and runs it. It is also the event bus users listen on.
 
 from __future__ import annotations
 
+import inspect
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _binding, _diagram
@@ -17,7 +18,10 @@ from ._stages import _NAME_OK, Cron, Job, Route, Source, Stage, Stream
 from .errors import PipelineError
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from ._binding import Bound
+    from .runtime.cron import CronTick
     from .runtime.preview import Preview
     from .runtime.queues import QueueHandle
 
@@ -173,6 +177,55 @@ class Pipeline(Assembly):
 
     def _label(self) -> str:
         return f"pipeline {self.name!r}"
+
+    def cron(
+        self,
+        topic: str,
+        schedule: str | float | timedelta,
+        on_emit: Callable[[CronTick], Any] | None = None,
+        *,
+        tz: str = "UTC",
+        catch_up: bool = True,
+    ) -> Cron:
+        """A repeatable job (pipelinejs's ``pipe.cron(topic, repeat, onEmit?)``): on every tick
+        of `schedule`, one job of `topic` on the queue that owns it.
+
+        The same as adding ``Cron(schedule, topic=topic) >> Route(...)`` to the pipeline, with
+        the same guarantee: each tick enqueues exactly one job across all processes, under the
+        id ``cron:<topic>:<tick ms>:0``. Register the handler with ``dequeue(topic)``.
+
+        Args:
+            schedule: a cron expression (``"*/5 * * * *"``) or an interval (seconds, `timedelta`).
+            on_emit: called with the `CronTick` (sync or async) in the process that fires it;
+                what it returns is the job's data (default: ``{"scheduled": <ISO time>}``).
+            tz: time zone of a cron expression.
+            catch_up: on start, fire the most recent tick missed while no process ran (once).
+
+        Raises:
+            PipelineError: no queue owns `topic`, the pipeline has a cron of `topic` already,
+                it runs already or is part of another one, or the schedule is not valid.
+        """
+        if self._used or self._runner is not None:
+            raise PipelineError(
+                f"cron({topic!r}): {self._label()} is running or part of another pipeline; "
+                "add crons before"
+            )
+        self.queue_for(topic)  # the job needs a queue, named in the error if none owns it
+        if any(isinstance(s, Cron) and s.topic == topic for s in self.sources):
+            raise PipelineError(f"{self._label()} has a cron of topic {topic!r} already")
+        source = Cron(schedule, topic=topic, tz=tz, catch_up=catch_up)
+
+        async def tick_job(tick: CronTick) -> Job:
+            data: Any = {"scheduled": tick.scheduled.isoformat()}
+            if on_emit is not None:
+                data = on_emit(tick)
+                if inspect.isawaitable(data):
+                    data = await data
+            return Job(topic, data)
+
+        route = Route(tick_job, name=f"cron:{topic}")
+        self.branches = (*self.branches, Branch(source, route))
+        return source
 
     # -- events ---------------------------------------------------------------------------------
 

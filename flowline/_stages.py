@@ -77,6 +77,47 @@ class Backoff:
         return ceiling * rand if self.jitter else ceiling
 
 
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*(?:\.\d+)?)\s*(s|sec|second|m|min|minute|h|hour)s?\s*")
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
+               "hour": 3600}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `limit` job starts in any `per` seconds, across every process together.
+
+    ``Queue(..., rate=Rate(100, per=60))``, or the string ``"100/m"`` (``/s``, ``/m``,
+    ``/h``; ``"5/10s"`` is 5 per 10 seconds), as Celery spells its rate limits.
+    """
+
+    limit: int
+    per: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limit, int) or self.limit < 1 or not self.per > 0:
+            raise PipelineError(
+                f"Rate({self.limit!r}, per={self.per!r}): the limit must be a whole number >= 1 "
+                "and the period positive"
+            )
+
+    @classmethod
+    def of(cls, value: Rate | str | None) -> Rate | None:
+        """A `Rate` from what an option accepts: a `Rate`, ``"N/unit"``, or None."""
+        if value is None or isinstance(value, Rate):
+            return value
+        match = _RATE.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise PipelineError(
+                f"rate {value!r} is not a rate: write it as '100/s', '10/m', '5/10s' or "
+                "Rate(100, per=1)"
+            )
+        count = float(match[2]) if match[2] else 1.0
+        return cls(int(match[1]), count * _RATE_UNITS[match[3]])
+
+    def describe(self) -> str:
+        return f"{self.limit}/{self.per:g}s"
+
+
 class Stage:
     """Base of every stage; ``a >> b`` builds a `Pipeline` from the flattened chain."""
 
@@ -195,6 +236,8 @@ class QueueOptions:
     timeout: float | None = None
     keep_completed: float = 24 * 3600.0
     batch: int = 100
+    keep_failed: float = 7 * 24 * 3600.0
+    rate: Rate | None = None
 
 
 class Queue(Stage):
@@ -209,8 +252,12 @@ class Queue(Stage):
         retries: further attempts after a failure (per topic overridable).
         backoff: delay between attempts.
         timeout: seconds a handler may run before it fails with `JobTimeout`.
-        keep_completed: seconds a finished job's record (state, result) is kept; it is also
+        keep_completed: seconds a completed job's record (state, result) is kept; it is also
             the window in which re-enqueueing the same job id is recognised as a duplicate.
+        keep_failed: seconds the record of a job that failed for good or was cancelled is
+            kept (its dead letter stays until replayed or purged).
+        rate: at most this many job starts per period across every process (`Rate`, or
+            ``"100/s"``); jobs past it wait their turn.
     """
 
     kind = "queue"
@@ -227,6 +274,8 @@ class Queue(Stage):
         timeout: float | timedelta | None = None,
         keep_completed: float | timedelta = 24 * 3600.0,
         batch: int = 100,
+        keep_failed: float | timedelta = 7 * 24 * 3600.0,
+        rate: Rate | str | None = None,
     ) -> None:
         if not _NAME_OK.match(name):
             raise PipelineError(f"Queue name {name!r} may hold only letters, digits, '-' and '_'")
@@ -242,9 +291,15 @@ class Queue(Stage):
             timeout=None if timeout is None else seconds(timeout),
             keep_completed=seconds(keep_completed),
             batch=batch,
+            keep_failed=seconds(keep_failed),
+            rate=Rate.of(rate),
         )
         if self.options.visibility_timeout < 1:
             raise PipelineError(f"Queue {name!r}: visibility_timeout must be at least 1 second")
+        if self.options.keep_completed < 1 or self.options.keep_failed < 1:
+            raise PipelineError(
+                f"Queue {name!r}: keep_completed and keep_failed must be at least 1 second"
+            )
 
 
 class Cron(Source):

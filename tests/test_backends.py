@@ -12,12 +12,13 @@ import nats
 import pytest
 
 from flowline import Job, Queue, Route, Stream
-from flowline.backends.base import JobStore, Running, StreamSource
+from flowline.backends.base import CANCELLED, Cancellation, JobStore, Running, StreamSource
 from flowline.backends.jetstream import JetStreamSource
 from flowline.backends.memory import MemorySource, MemoryStore
 from flowline.backends.redis import RedisStore
 from flowline.runtime.connections import connect_redis
 from flowline.runtime.enqueue import plan
+from flowline.runtime.queues import QueueCounts
 
 BACKENDS = ["servers", "memory"]
 pipeline = Stream("contract", json.loads) >> Route(lambda e: []) >> Queue("contract")
@@ -220,6 +221,111 @@ class TestJobs:
         info = await store.job(pipeline, Q, "key:a")
         assert info is not None
         assert info.progress == 40.0
+
+
+class TestCancel:
+    """`cancel`: waiting jobs are removed; held ones get a request their holder acts on."""
+
+    async def state(self, store: JobStore, job_id: str) -> str | None:
+        info = await store.job(pipeline, Q, job_id)
+        return None if info is None else info.state
+
+    async def test_a_ready_job_is_removed_and_never_read(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a", "b"), NOW)
+        assert await store.cancel(Q, "key:a", NOW + 1, 60) == Cancellation(
+            "cancelled", "queued", "work"
+        )
+        assert [j.job_id for j in await read(store)] == ["key:b"]
+        assert await self.state(store, "key:a") == "cancelled"
+        assert await store.cancel(Q, "key:a", NOW + 2, 60) == Cancellation(
+            "finished", "cancelled", "work"
+        )
+        assert await store.enqueue(Q, rows("a"), NOW) == 0  # its record still dedups
+
+    async def test_delayed_and_retrying_jobs_are_removed(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("later", delay=60), NOW)
+        await store.enqueue(Q, rows("again"), NOW)
+        [job] = await read(store)
+        args: dict[str, Any] = {"consumer": "c1", "now_ms": NOW, "keep": 60, "record": ""}
+        await store.fail(Q, job, due_ms=NOW + 60_000, error="boom", **args)
+        assert (await store.cancel(Q, "key:later", NOW, 60)).detail == "delayed"
+        assert (await store.cancel(Q, "key:again", NOW, 60)).detail == "retrying"
+        assert await store.promote(Q, NOW + 120_000, 10) == (0, -1)
+        assert await read(store) == []
+        assert await store.counts(Q) == QueueCounts(0, 0, 0, 0)
+
+    async def test_a_held_job_gets_a_request_its_holder_settles(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a", "b"), NOW)
+        a, _ = await read(store)
+        assert await store.cancel_requested(Q, ["key:a", "key:b"]) == set()
+        assert await store.cancel(Q, "key:a", NOW, 60) == Cancellation("cancelling", "c1", "work")
+        assert await store.cancel_requested(Q, ["key:a", "key:b"]) == {"key:a"}
+        assert await self.state(store, "key:a") == "running"
+        # Only the holder settles it, once.
+        assert not await store.settle_cancelled(Q, a, consumer="c2", now_ms=NOW, keep=60)
+        assert await store.settle_cancelled(Q, a, consumer="c1", now_ms=NOW, keep=60)
+        assert not await store.settle_cancelled(Q, a, consumer="c1", now_ms=NOW, keep=60)
+        assert await self.state(store, "key:a") == "cancelled"
+        assert await store.cancel_requested(Q, ["key:a"]) == set()
+        assert await store.counts(Q) == QueueCounts(0, 1, 0, 0)
+
+    async def test_a_failure_after_a_request_ends_cancelled(self, store: JobStore) -> None:
+        """Neither retried nor dead-lettered, even when the holder missed the request."""
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a", "b"), NOW)
+        a, b = await read(store)
+        await store.cancel(Q, "key:a", NOW, 60)
+        await store.cancel(Q, "key:b", NOW, 60)
+        args: dict[str, Any] = {"consumer": "c1", "now_ms": NOW, "keep": 60, "error": "boom"}
+        assert await store.fail(Q, a, due_ms=0, record="", **args) == CANCELLED
+        assert await store.fail(Q, b, due_ms=-1, record="{}", **args) == CANCELLED
+        assert await read(store) == []
+        assert await store.counts(Q) == QueueCounts(0, 0, 0, 0)
+        assert await self.state(store, "key:b") == "cancelled"
+
+    async def test_finished_and_unknown_jobs_are_left_alone(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        await store.complete(Q, [(job, "1")], NOW, 60)
+        assert await store.cancel(Q, "key:a", NOW, 60) == Cancellation(
+            "finished", "completed", "work"
+        )
+        assert await store.cancel(Q, "key:nope", NOW, 60) == Cancellation("unknown", "", "")
+        assert await self.state(store, "key:a") == "completed"
+
+    async def test_a_released_job_keeps_its_request(self, store: JobStore) -> None:
+        """A job handed back on shutdown after a cancel was asked is cancelled by its next
+        holder."""
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        await store.cancel(Q, "key:a", NOW, 60)
+        await store.release(Q, "c1", [job])
+        [again] = await read(store, "c2")
+        assert await store.cancel_requested(Q, ["key:a"]) == {"key:a"}
+        assert await store.settle_cancelled(Q, again, consumer="c2", now_ms=NOW, keep=1)
+
+
+class TestClean:
+    async def test_only_finished_records_of_the_state_and_age_go(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("old", "new", "bad", "held", "waiting"), NOW)
+        old, new, bad, _held = await read(store, count=4)
+        await store.complete(Q, [(old, "1")], NOW + 10, 3600)
+        await store.complete(Q, [(new, "1")], NOW + 20, 3600)
+        args: dict[str, Any] = {"consumer": "c1", "keep": 3600, "error": "x", "record": "{}"}
+        await store.fail(Q, bad, now_ms=NOW + 10, due_ms=-1, **args)
+        assert await store.clean(Q, "completed", NOW + 15) == 1
+        assert await store.job(pipeline, Q, "key:old") is None
+        for job_id in ("key:new", "key:bad", "key:held", "key:waiting"):
+            assert await store.job(pipeline, Q, job_id) is not None, job_id
+        assert await store.clean(Q, "failed", NOW + 15) == 1
+        assert await store.clean(Q, "completed", NOW + 15) == 0
+        assert await store.enqueue(Q, rows("old"), NOW) == 1  # a deleted id is new again
 
 
 class TestShared:

@@ -212,7 +212,7 @@ class TestJobs:
 
         await started(worker)
         await Scripts(redis).enqueue(
-            keys=[Q.jobs, Q.delayed],
+            keys=[Q.jobs, Q.delayed, Q.cancels],
             args=[Q.job_prefix, 0, "ghost-1", "ghost", "{}", 0, "test", 1, ""],
         )
         [letter] = await eventually(lambda: dead(redis))

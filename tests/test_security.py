@@ -150,7 +150,7 @@ async def test_pickled_payload_is_never_unpickled(worker, redis, tmp_path):
     proc = worker("tests.apps.recorder:pipeline")
     await proc.ready()
     await Scripts(redis).enqueue(
-        keys=[Q.jobs, Q.delayed],
+        keys=[Q.jobs, Q.delayed, Q.cancels],
         args=[Q.job_prefix, 0, "evil-1", "record", payload, 0, "test", 1, ""],
     )
     [(_, fields)] = await eventually(lambda: redis.xrange(Q.dead))

@@ -44,6 +44,7 @@ class Running:
     trace: str = ""  # the W3C traceparent its span continues, when tracing
     task: asyncio.Task[None] | None = None
     settling: bool = False  # its failure is being recorded
+    cancel: bool = False  # its cancel was asked for: it ends 'cancelled', whatever it does
     started: float = 0.0  # wall-clock start of the handler
     duration: float = 0.0  # how long the handler ran (seconds)
 
@@ -61,6 +62,23 @@ class Running:
 # What `JobStore.fail` answers besides a dead letter's id.
 LOST = None  # the caller no longer holds the job: nothing was changed
 RESCHEDULED = ""  # the job waits for its next attempt (ready now, or delayed)
+CANCELLED = "cancelled"  # its cancel was asked for while the attempt ran: it ended cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What `JobStore.cancel` did.
+
+    `outcome` is ``cancelled`` (it was waiting and never runs; `detail` is the state it was
+    in: ``queued``, ``delayed`` or ``retrying``), ``cancelling`` (a worker holds it and stops
+    it; `detail` names that worker's consumer, or is '' when no worker has read it yet),
+    ``finished`` (`detail`: ``completed``, ``failed`` or ``cancelled``) or ``unknown`` (no
+    record: never enqueued, or expired).
+    """
+
+    outcome: str
+    detail: str
+    topic: str
 
 
 class JobStore:
@@ -134,9 +152,13 @@ class JobStore:
         `due_ms` 0 makes the next attempt ready now, > 0 delays it until then, -1 ends the job:
         its record says ``failed`` and `record` (JSON) becomes a dead letter.
 
+        A job with a cancel request (`cancel`) ends ``cancelled`` instead: neither retried nor
+        dead-lettered.
+
         Returns:
-            the dead letter's id; `RESCHEDULED` (''); or `LOST` (None) when `consumer` does not
-            hold the job (another took it over, or this very call already went through).
+            the dead letter's id; `RESCHEDULED` (''); `CANCELLED`; or `LOST` (None) when
+            `consumer` does not hold the job (another took it over, or this very call already
+            went through).
         """
         raise NotImplementedError
 
@@ -160,6 +182,32 @@ class JobStore:
 
     async def progress(self, queue: str, job_id: str, percent: float) -> None:
         """Store a running job's progress on its record."""
+        raise NotImplementedError
+
+    # -- cancelling ----------------------------------------------------------------------------
+
+    async def cancel(self, queue: str, job_id: str, now_ms: int, keep: int) -> Cancellation:
+        """Cancel a job: one that waits (ready and unread, delayed, retrying) is removed and
+        its record says ``cancelled`` (kept `keep` seconds); one a worker holds gets a request
+        that the worker sees through `cancel_requested`. Asking twice is harmless."""
+        raise NotImplementedError
+
+    async def cancel_requested(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        """Which of `job_ids` (jobs the caller holds) have a cancel request."""
+        raise NotImplementedError
+
+    async def settle_cancelled(
+        self, queue: str, job: Running, *, consumer: str, now_ms: int, keep: int
+    ) -> bool:
+        """End a job `consumer` holds as ``cancelled`` (record kept `keep` seconds), dropping
+        its request; False (nothing changed) when `consumer` no longer holds it."""
+        raise NotImplementedError
+
+    async def clean(self, queue: str, state: str, before_ms: int) -> int:
+        """Delete the records of `queue`'s jobs in `state` (``completed``, ``failed`` or
+        ``cancelled``) that finished before `before_ms`; returns how many. Never touches a job
+        that waits or runs, so it is safe while workers run. A deleted job's id is new again:
+        enqueueing it again makes a new job."""
         raise NotImplementedError
 
     # -- what jobs share -----------------------------------------------------------------------

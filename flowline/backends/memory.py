@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..runtime import deadletters, fanin, jobs
 from ..runtime.keys import QueueKeys, stream_dead_letters
 from ..runtime.queues import QueueCounts
-from .base import Consumer, JobStore, Running, StreamSource
+from .base import CANCELLED, Cancellation, Consumer, JobStore, Running, StreamSource
 from .clock import Clock, SystemClock
 from .jetstream import stream_name_for
 
@@ -73,6 +73,7 @@ class _Queue:
     dead: list[tuple[str, str, str]] = field(default_factory=list)  # entry, job id, record
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     paused: bool = False
+    cancels: dict[str, int] = field(default_factory=dict)  # job id -> when asked (ms)
 
     def __post_init__(self) -> None:
         for stream in (*self.keys.streams, self.keys.dead):
@@ -186,6 +187,7 @@ class MemoryStore(JobStore):
         for r in rows:
             if self._record(queue, r.id) is not None:
                 continue
+            q.cancels.pop(r.id, None)
             stream = q.keys.urgent if r.priority > 0 else q.keys.jobs
             born = r.born_ms or now_ms
             if r.due_ms > 0:
@@ -263,6 +265,9 @@ class MemoryStore(JobStore):
                 return None
             self._settled(q, job)
         self.changes += 1
+        if q.cancels.pop(job.job_id, None) is not None:
+            self._cancelled(queue, job.job_id, now_ms, keep, error=error)
+            return CANCELLED
         if due_ms < 0:
             rec = self._write(queue, job.job_id, state="failed", error=error, finished=now_ms)
             rec.pop("data", None)
@@ -324,6 +329,66 @@ class MemoryStore(JobStore):
 
     async def progress(self, queue: str, job_id: str, percent: float) -> None:
         self._write(queue, job_id, progress=percent)
+
+    def _cancelled(self, queue: str, job_id: str, now_ms: int, keep: int, **more: str) -> None:
+        rec = self._write(queue, job_id, state="cancelled", finished=now_ms, **more)
+        for name in ("data", "born", "trace"):
+            rec.pop(name, None)
+        self._expire(queue, job_id, keep)
+        self._q(queue).cancels.pop(job_id, None)
+
+    async def cancel(self, queue: str, job_id: str, now_ms: int, keep: int) -> Cancellation:
+        q = self._q(queue)
+        rec = self._record(queue, job_id)
+        if rec is None:
+            return Cancellation("unknown", "", "")
+        state, topic = rec.get("state", ""), rec.get("topic", "")
+        if state in ("completed", "failed", "cancelled"):
+            return Cancellation("finished", state, topic)
+        self.changes += 1
+        if state in ("delayed", "retrying"):
+            q.delayed.pop(job_id, None)
+            self._cancelled(queue, job_id, now_ms, keep)
+            return Cancellation("cancelled", state, topic)
+        for stream in q.keys.streams:
+            for job in q.ready[stream]:
+                if job.job_id == job_id:
+                    q.ready[stream].remove(job)
+                    self._cancelled(queue, job_id, now_ms, keep)
+                    return Cancellation("cancelled", state, topic)
+        holder = next((q.pending[k] for k, j in q.held.items() if j.job_id == job_id), "")
+        q.cancels[job_id] = now_ms
+        return Cancellation("cancelling", holder, topic)
+
+    async def cancel_requested(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        cancels = self._q(queue).cancels
+        return {job_id for job_id in job_ids if job_id in cancels}
+
+    async def settle_cancelled(
+        self, queue: str, job: Running, *, consumer: str, now_ms: int, keep: int
+    ) -> bool:
+        q = self._q(queue)
+        if q.pending.get(job.key) != consumer:
+            return False
+        self._settled(q, job)
+        self._cancelled(queue, job.job_id, now_ms, keep)
+        self.changes += 1
+        return True
+
+    async def clean(self, queue: str, state: str, before_ms: int) -> int:
+        gone = [
+            key
+            for key, rec in list(self._records.items())
+            if key[0] == queue
+            and self._record(*key) is not None
+            and rec.get("state") == state
+            and int(rec.get("finished") or 0) < before_ms
+        ]
+        for key in gone:
+            del self._records[key]
+            self._expires.pop(key, None)
+        self.changes += 1
+        return len(gone)
 
     async def emitted(self, queue: str, job_id: str, n: int) -> int | None:
         rec = self._record(queue, job_id) or {}

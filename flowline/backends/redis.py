@@ -20,12 +20,14 @@ from ..runtime.inspect import STATS_BUCKET
 from ..runtime.keys import GROUP, QueueKeys, cron_key, fan_in_keys, stream_dead_letters
 from ..runtime.queues import QueueCounts
 from ..runtime.scripts import ENQUEUE, Scripts, flat
-from .base import JobStore, Running
+from .base import CANCELLED, LOST, Cancellation, JobStore, Running
 from .clock import Clock, SystemClock
 
 # How old a worker's view of its queue's pause flag may be (seconds): a pause or a resume made
 # elsewhere takes effect in every process within this.
 PAUSED_POLL = 0.25
+# Records one CLEAN call looks at: a few hundred microseconds of Redis at a time.
+CLEAN_BATCH = 500
 
 if TYPE_CHECKING:
     from redis import Redis as SyncRedis
@@ -85,7 +87,7 @@ def enqueue_calls(
         if args is None:
             args = by_stream[keys.urgent if r.priority > 0 else keys.jobs] = [keys.job_prefix, now]
         args += (r.id, r.topic, r.data, r.due_ms, r.origin, r.born_ms or now_ms, r.trace)
-    return [([stream, keys.delayed], args) for stream, args in by_stream.items()]
+    return [([stream, keys.delayed, keys.cancels], args) for stream, args in by_stream.items()]
 
 
 def write_sync(redis: SyncRedis, rows: list[Planned]) -> int:
@@ -220,7 +222,7 @@ class RedisStore(JobStore):
     ) -> str | None:
         keys = self._k(queue)
         reply = await self.scripts.fail(
-            keys=[job.stream, keys.delayed, keys.dead, self._stats(queue)],
+            keys=[job.stream, keys.delayed, keys.dead, keys.cancels, self._stats(queue)],
             args=[
                 GROUP,
                 keys.job_prefix,
@@ -240,7 +242,9 @@ class RedisStore(JobStore):
             ],
         )
         if reply == b"lost":
-            return None
+            return LOST
+        if reply == b"cancelled":
+            return CANCELLED
         return reply.decode() if isinstance(reply, bytes) else str(reply or "")
 
     async def promote(self, queue: str, now_ms: int, limit: int) -> tuple[int, int]:
@@ -281,13 +285,51 @@ class RedisStore(JobStore):
         by_stream: dict[str, list[Running]] = {}
         for job in jobs:
             by_stream.setdefault(job.stream, []).append(job)
+        prefix = self._k(queue).job_prefix
         for stream, held in by_stream.items():
             await self.scripts.release(
-                keys=[stream], args=[GROUP, *flat(release_args(j) for j in held)]
+                keys=[stream], args=[GROUP, prefix, *flat(release_args(j) for j in held)]
             )
+
+    async def cancel(self, queue: str, job_id: str, now_ms: int, keep: int) -> Cancellation:
+        keys = self._k(queue)
+        outcome, detail, topic = await self.scripts.cancel(
+            keys=[keys.job(job_id), keys.delayed, keys.cancels, *keys.streams],
+            args=[GROUP, job_id, now_ms, keep],
+        )
+        return Cancellation(outcome.decode(), detail.decode(), topic.decode())
+
+    async def cancel_requested(self, queue: str, job_ids: Sequence[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        scores = await self.redis.zmscore(self._k(queue).cancels, list(job_ids))
+        return {job_id for job_id, score in zip(job_ids, scores, strict=True) if score is not None}
+
+    async def settle_cancelled(
+        self, queue: str, job: Running, *, consumer: str, now_ms: int, keep: int
+    ) -> bool:
+        keys = self._k(queue)
+        done = await self.scripts.cancelled(
+            keys=[job.stream, keys.cancels],
+            args=[GROUP, keys.job_prefix, now_ms, keep, consumer, job.entry, job.job_id],
+        )
+        return bool(done)
 
     async def progress(self, queue: str, job_id: str, percent: float) -> None:
         await self.redis.hset(self._k(queue).job(job_id), "progress", percent)
+
+    async def clean(self, queue: str, state: str, before_ms: int) -> int:
+        removed = 0
+        batch: list[Any] = []
+        # SCAN walks the keyspace a slice at a time: Redis serves other clients in between.
+        async for key in self.redis.scan_iter(match=self._k(queue).job_prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) == CLEAN_BATCH:
+                removed += int(await self.scripts.clean(keys=batch, args=[state, before_ms]))
+                batch = []
+        if batch:
+            removed += int(await self.scripts.clean(keys=batch, args=[state, before_ms]))
+        return removed
 
     async def emitted(self, queue: str, job_id: str, n: int) -> int | None:
         done = await self.redis.hget(self._k(queue).job(job_id), f"emitted:{n}")

@@ -8,6 +8,7 @@ and the layout works unchanged on Redis Cluster.
     flowline:{q}:delayed     zset: job id -> due time (ms) for delayed jobs and retries
     flowline:{q}:dead        stream of dead letters (jobs that exhausted their attempts)
     flowline:{q}:paused      set while the queue is paused: no process claims its jobs
+    flowline:{q}:cancel      zset: job id -> when its cancel was asked (ms), for held jobs
     flowline:{q}:job:<id>    hash: state, topic, attempt, progress, result, error, timestamps
     flowline:{q}:stats:<n>   hash: jobs completed / failed in the n-th 10-second window
 """
@@ -53,6 +54,10 @@ class QueueKeys:
     @property
     def paused(self) -> str:
         return self.prefix + "paused"
+
+    @property
+    def cancels(self) -> str:
+        return self.prefix + "cancel"
 
     @property
     def job_prefix(self) -> str:

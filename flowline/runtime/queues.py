@@ -1,10 +1,12 @@
-"""Queue handles: look up a job, count what a queue holds, enqueue onto it directly."""
+"""Queue handles: look up a job, count what a queue holds, enqueue onto it directly, pause it,
+cancel a job."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ..backends.base import Cancellation as Cancellation  # what `QueueHandle.cancel` answers
 from .jobs import JobInfo as JobInfo  # defined with the lookups; public from here
 
 if TYPE_CHECKING:
@@ -23,13 +25,26 @@ class QueueCounts:
     dead: int
 
 
+class Local(Protocol):
+    """What the process a handle belongs to does for it (the `Runner`)."""
+
+    async def check_cancels(self, queue: Queue) -> None:
+        """Have this process's workers of `queue` act on cancel requests now."""
+
+    def record_events(self) -> None:
+        """Make sure this process's lifecycle events reach the event log."""
+
+
 class QueueHandle:
     """A queue of a connected pipeline: ``pipeline.queue("name")``."""
 
-    def __init__(self, pipeline: Pipeline, queue: Queue, store: JobStore) -> None:
+    def __init__(
+        self, pipeline: Pipeline, queue: Queue, store: JobStore, local: Local | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.queue = queue
         self._store = store
+        self._local = local
 
     @property
     def name(self) -> str:
@@ -63,6 +78,31 @@ class QueueHandle:
         """Let every process start the queue's jobs again (within a quarter of a second);
         returns False if it was not paused."""
         return await self._store.resume(self.name)
+
+    async def cancel(self, job_id: str) -> Cancellation:
+        """Cancel job `job_id` of this queue, whichever process runs it.
+
+        A job still waiting (ready, delayed, or waiting for a retry) is removed at once and
+        never runs: ``outcome == "cancelled"``. A job a worker holds (running, or read ahead)
+        is stopped by that worker within about a second (``outcome == "cancelling"``,
+        `detail` names the worker): its handler is cancelled (``asyncio.CancelledError`` at its
+        next ``await``) and the job ends ``cancelled``, neither retried nor dead-lettered,
+        whatever the handler does then. Either way ``job:cancelled`` is emitted once. A
+        finished job (``outcome == "finished"``, `detail` its state) and an unknown one
+        (``"unknown"``) are left as they are.
+        """
+        now_ms = int(self._store.clock.time() * 1000)
+        keep = int(self.queue.options.keep_failed)
+        result = await self._store.cancel(self.name, job_id, now_ms, keep)
+        if result.outcome == "cancelled":
+            if self._local is not None:
+                self._local.record_events()
+            self.pipeline.bus.emit(
+                "job:cancelled", "job", job=None, id=job_id, topic=result.topic, attempt=0
+            )
+        elif result.outcome == "cancelling" and self._local is not None:
+            await self._local.check_cancels(self.queue)
+        return result
 
     async def paused(self) -> bool:
         """Whether the queue is paused."""

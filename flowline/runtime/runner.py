@@ -347,7 +347,22 @@ class Runner:
 
     def queue_handle(self, pipeline: Pipeline, queue: Queue) -> QueueHandle:
         """A handle on one of `pipeline`'s queues (``pipeline.queue(name)``)."""
-        return QueueHandle(pipeline, queue, self.store)
+        return QueueHandle(pipeline, queue, self.store, self)
+
+    async def check_cancels(self, queue: Queue) -> None:
+        """Let this process's workers of `queue` act on cancel requests now, not at their
+        next poll."""
+        for w in self.workers:
+            if w.queue is queue:
+                await w.check_cancels()
+
+    def record_events(self) -> None:
+        """Record this process's lifecycle events in the event log even if it runs nothing:
+        a control (a cancel) emits them from any process."""
+        if self.events is None and self.redis is not None and self.settings.events_retention:
+            self.events = EventLog(self.redis, self._consumer, self.settings.events_retention)
+            self.events.attach(self.plan.pipelines)
+            self.events.start()
 
     async def dead_letters(self, pipeline: Pipeline) -> list[deadletters.DeadLetter]:
         """The pipeline's dead letters, oldest first."""

@@ -15,15 +15,19 @@ from redis.commands.core import AsyncScript
 # the stream message's stored time, the cron tick, or the direct enqueue) and, when tracing, the
 # W3C traceparent it continues. Every script that re-adds a job carries born and trace along.
 
-# KEYS: ready stream (jobs, or urgent for priority jobs), delayed zset. ARGV: job key prefix,
-# now ms, then per job: id, topic, data, due ms (0 = now), origin, born ms, traceparent ('' for
-# none). Returns how many were new.
+# KEYS: ready stream (jobs, or urgent for priority jobs), delayed zset, cancel requests zset.
+# ARGV: job key prefix, now ms, then per job: id, topic, data, due ms (0 = now), origin, born ms,
+# traceparent ('' for none). Returns how many were new. A ready job's record names its entry
+# (`stream`, `entry`), so a cancel finds it without a scan; a new job drops any cancel request
+# left under its id by an older job of the same id.
 ENQUEUE = """
 local prefix, now, added = ARGV[1], ARGV[2], 0
+local requests = redis.call('EXISTS', KEYS[3]) == 1
 for i = 3, #ARGV, 7 do
   local id = ARGV[i]
   local key = prefix .. id
   if redis.call('EXISTS', key) == 0 then
+    if requests then redis.call('ZREM', KEYS[3], id) end
     local due = tonumber(ARGV[i + 3])
     local trace = ARGV[i + 6]
     if due > 0 then
@@ -32,15 +36,16 @@ for i = 3, #ARGV, 7 do
         'born', ARGV[i + 5], 'trace', trace)
       redis.call('ZADD', KEYS[2], due, id)
     else
-      redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[i + 1], 'attempt', 1,
-        'created', now, 'origin', ARGV[i + 4])
+      local eid
       if trace == '' then
-        redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
-          'attempt', 1, 'born', ARGV[i + 5])
+        eid = redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1],
+          'data', ARGV[i + 2], 'attempt', 1, 'born', ARGV[i + 5])
       else
-        redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1], 'data', ARGV[i + 2],
-          'attempt', 1, 'born', ARGV[i + 5], 'trace', trace)
+        eid = redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', ARGV[i + 1],
+          'data', ARGV[i + 2], 'attempt', 1, 'born', ARGV[i + 5], 'trace', trace)
       end
+      redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[i + 1], 'attempt', 1,
+        'created', now, 'origin', ARGV[i + 4], 'stream', KEYS[1], 'entry', eid)
     end
     added = added + 1
   end
@@ -70,12 +75,14 @@ end
 return 1
 """
 
-# KEYS: the job's ready stream, delayed zset, dead stream, the queue's stats hash of this time
-# window (optional). ARGV: group, job key prefix, now ms,
-# keep s, entry id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error,
-# dead-letter record json, consumer, born ms, traceparent.
+# KEYS: the job's ready stream, delayed zset, dead stream, cancel requests zset, the queue's
+# stats hash of this time window (optional). ARGV: group, job key prefix, now ms, keep s, entry
+# id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error, dead-letter
+# record json, consumer, born ms, traceparent.
 # Does nothing (returns 'lost') unless `consumer` still holds the entry: so a call repeated
 # after its reply was lost, or sent by a worker whose job was taken over, adds no second copy.
+# A job whose cancel was requested while this attempt ran ends 'cancelled' instead: neither
+# retried nor dead-lettered.
 FAIL = """
 local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local eid, id, topic, data, attempt, due = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
@@ -87,9 +94,15 @@ if eid ~= '' then
   redis.call('XACK', KEYS[1], group, eid)
   redis.call('XDEL', KEYS[1], eid)
 end
-if KEYS[4] then
-  redis.call('HINCRBY', KEYS[4], 'failed', 1)
-  redis.call('EXPIRE', KEYS[4], 180)
+if redis.call('ZREM', KEYS[4], id) == 1 then
+  redis.call('HSET', key, 'state', 'cancelled', 'error', ARGV[11], 'finished', now)
+  redis.call('HDEL', key, 'data', 'born', 'trace')
+  redis.call('EXPIRE', key, keep)
+  return 'cancelled'
+end
+if KEYS[5] then
+  redis.call('HINCRBY', KEYS[5], 'failed', 1)
+  redis.call('EXPIRE', KEYS[5], 180)
 end
 if due < 0 then
   redis.call('HSET', key, 'state', 'failed', 'error', ARGV[11], 'finished', now)
@@ -99,9 +112,9 @@ if due < 0 then
 end
 redis.call('HSET', key, 'attempt', attempt, 'error', ARGV[11])
 if due == 0 then
-  redis.call('HSET', key, 'state', 'queued')
-  redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data, 'attempt', attempt,
-    'born', ARGV[14], 'trace', ARGV[15])
+  local e = redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data,
+    'attempt', attempt, 'born', ARGV[14], 'trace', ARGV[15])
+  redis.call('HSET', key, 'state', 'queued', 'stream', KEYS[1], 'entry', e)
 else
   redis.call('HSET', key, 'state', 'retrying', 'data', data, 'topic', topic, 'stream', KEYS[1],
     'born', ARGV[14], 'trace', ARGV[15])
@@ -119,9 +132,10 @@ for _, id in ipairs(ids) do
   local key = prefix .. id
   local f = redis.call('HMGET', key, 'topic', 'data', 'attempt', 'stream', 'born', 'trace')
   if f[1] then
-    redis.call('XADD', f[4] or KEYS[1], '*', 'id', id, 'topic', f[1], 'data', f[2],
+    local stream = f[4] or KEYS[1]
+    local e = redis.call('XADD', stream, '*', 'id', id, 'topic', f[1], 'data', f[2],
       'attempt', f[3], 'born', f[5] or '0', 'trace', f[6] or '')
-    redis.call('HSET', key, 'state', 'queued')
+    redis.call('HSET', key, 'state', 'queued', 'stream', stream, 'entry', e)
     redis.call('HDEL', key, 'data', 'born', 'trace')
   end
   redis.call('ZREM', KEYS[2], id)
@@ -173,14 +187,16 @@ end
 return lost
 """
 
-# KEYS: a ready stream. ARGV: group, then per job: entry id, job id, topic, data, attempt,
-# born, trace. Hands unfinished jobs back on shutdown: same job, new entry, readable at once.
+# KEYS: a ready stream. ARGV: group, job key prefix, then per job: entry id, job id, topic,
+# data, attempt, born, trace. Hands unfinished jobs back on shutdown: same job, new entry,
+# readable at once.
 RELEASE = """
-for i = 2, #ARGV, 7 do
+for i = 3, #ARGV, 7 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     redis.call('XDEL', KEYS[1], ARGV[i])
-    redis.call('XADD', KEYS[1], '*', 'id', ARGV[i + 1], 'topic', ARGV[i + 2],
+    local e = redis.call('XADD', KEYS[1], '*', 'id', ARGV[i + 1], 'topic', ARGV[i + 2],
       'data', ARGV[i + 3], 'attempt', ARGV[i + 4], 'born', ARGV[i + 5], 'trace', ARGV[i + 6])
+    redis.call('HSET', ARGV[2] .. ARGV[i + 1], 'stream', KEYS[1], 'entry', e)
   end
 end
 return 1
@@ -191,13 +207,86 @@ return 1
 REPLAY = """
 local key = ARGV[1] .. ARGV[4]
 redis.call('DEL', key)
-redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[5], 'attempt', 1, 'created', ARGV[2],
-  'origin', 'replay')
-redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'topic', ARGV[5], 'data', ARGV[6],
+local e = redis.call('XADD', KEYS[1], '*', 'id', ARGV[4], 'topic', ARGV[5], 'data', ARGV[6],
   'attempt', 1, 'born', ARGV[2])
+redis.call('HSET', key, 'state', 'queued', 'topic', ARGV[5], 'attempt', 1, 'created', ARGV[2],
+  'origin', 'replay', 'stream', KEYS[1], 'entry', e)
 return redis.call('XDEL', KEYS[2], ARGV[3])
 """
 
+
+# Cancel (`JobStore.cancel`): KEYS: job hash, delayed zset, cancel requests zset, urgent stream,
+# jobs stream. ARGV: group, job id, now ms, keep seconds.
+# A waiting job (delayed, retrying, or ready and unread) is removed and its record says
+# 'cancelled'. A job a worker holds gets a request that the worker acts on (it polls the
+# requests of the jobs it holds); so does a ready job whose record predates `entry`. Requests
+# are pruned after a day. Returns {outcome, detail, topic}: {'cancelled', state it was in},
+# {'cancelling', holder or ''}, {'finished', state}, {'unknown', ''}.
+CANCEL = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'stream', 'entry', 'topic')
+local state, topic = f[1], f[4] or ''
+if not state then return {'unknown', '', ''} end
+if state == 'completed' or state == 'failed' or state == 'cancelled' then
+  return {'finished', state, topic}
+end
+local function cancelled()
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'data', 'born', 'trace')
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  return {'cancelled', state, topic}
+end
+if state == 'delayed' or state == 'retrying' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return cancelled()
+end
+local stream = nil
+if f[2] == KEYS[4] or f[2] == KEYS[5] then stream = f[2] end
+local holder = ''
+if stream and f[3] then
+  local p = redis.pcall('XPENDING', stream, ARGV[1], f[3], f[3], 1)
+  if type(p) == 'table' and not p.err and p[1] then
+    holder = p[1][2]
+  elseif redis.call('XDEL', stream, f[3]) == 1 then
+    return cancelled()
+  end
+end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - 86400000)
+return {'cancelling', holder, topic}
+"""
+
+# KEYS: a ready stream, cancel requests zset. ARGV: group, job key prefix, now ms, keep s,
+# consumer, entry id, job id. Ends a job `consumer` holds as 'cancelled'; 0 (nothing changed)
+# when it no longer holds it.
+CANCELLED = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[6], ARGV[6], 1)
+if not p[1] or p[1][2] ~= ARGV[5] then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[6])
+redis.call('XDEL', KEYS[1], ARGV[6])
+local key = ARGV[2] .. ARGV[7]
+redis.call('HSET', key, 'state', 'cancelled', 'finished', ARGV[3])
+redis.call('HDEL', key, 'data', 'born', 'trace')
+redis.call('EXPIRE', key, ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[7])
+return 1
+"""
+
+
+# Clean (`JobStore.clean`): KEYS: job hashes. ARGV: state, finished before (ms). Deletes the
+# records in that state that finished before then; a record in any other state (a job still
+# waiting or running) is never touched, so it is safe while workers run. Returns how many.
+CLEAN = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  local f = redis.call('HMGET', key, 'state', 'finished')
+  if f[1] == ARGV[1] and tonumber(f[2] or '0') < tonumber(ARGV[2]) then
+    redis.call('DEL', key)
+    n = n + 1
+  end
+end
+return n
+"""
 
 # Fan-in (`runtime.fanin`): KEYS: meta hash, done set. ARGV: job id, keep seconds.
 # Returns the total when this finish completes the message (once), else 0.
@@ -233,6 +322,9 @@ class Scripts:
         self.heartbeat: AsyncScript = redis.register_script(HEARTBEAT)
         self.release: AsyncScript = redis.register_script(RELEASE)
         self.replay: AsyncScript = redis.register_script(REPLAY)
+        self.cancel: AsyncScript = redis.register_script(CANCEL)
+        self.cancelled: AsyncScript = redis.register_script(CANCELLED)
+        self.clean: AsyncScript = redis.register_script(CLEAN)
         self.fan_in: AsyncScript = redis.register_script(FAN_IN)
         self.raise_mark: AsyncScript = redis.register_script(RAISE_MARK)
 

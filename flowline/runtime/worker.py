@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from .. import _logging
-from ..backends.base import Running
+from ..backends.base import CANCELLED, Running
 from ..errors import Fail, JobError, JobTimeout, Retry, SerializationError, UnknownTopicError
 from ..observability.tracing import get_tracing
 from . import fanin
@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["QueueWorker", "Running", "consumer_name"]
 
 log = structlog.get_logger("flowline.worker")
+
+# Seconds between two reads of the cancel requests of the jobs a worker holds: a cancel asked
+# for anywhere stops a running handler within about this (one ZMSCORE per queue per poll, and
+# none while the worker holds no job).
+CANCEL_POLL = 0.5
 
 
 def consumer_name() -> str:
@@ -89,6 +94,7 @@ class QueueWorker:
         self._closing = asyncio.Event()
         self._backlog: collections.deque[Running] = collections.deque()
         self._keep = int(self.opts.keep_completed)
+        self._keep_failed = int(self.opts.keep_failed)
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
         self._reclaim_after = 0.0  # monotonic time before which this worker does not reclaim
         # One count for the pipeline: its jobs from a source whose Route does not fan in
@@ -131,6 +137,7 @@ class QueueWorker:
             asyncio.create_task(self._flusher(), name=f"flush:{self.name}"),
             asyncio.create_task(self._heartbeat(), name=f"heartbeat:{self.name}"),
             asyncio.create_task(self._maintain(stop), name=f"maintain:{self.name}"),
+            asyncio.create_task(self._watch_cancels(), name=f"cancels:{self.name}"),
         ]
         try:
             await self._read(stop)
@@ -269,16 +276,28 @@ class QueueWorker:
         except asyncio.CancelledError as exc:
             if span is not None:
                 span.fail(exc)
-            raise
+            if not job.cancel:
+                raise  # shutdown or a lost claim: the job is handed back or run elsewhere
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the cancellation was ours, and is handled here
+            await self._cancelled(job, ctx)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 raise
             if span is not None:
                 span.fail(exc)
-            await self._failed(job, topic, ctx, exc)
+            if job.cancel:
+                await self._cancelled(job, ctx)
+            else:
+                await self._failed(job, topic, ctx, exc)
         else:
-            self._done.append((job, encoded, result))
-            self._flush_wake.set()
+            if job.cancel:
+                # The handler caught the cancellation and returned: its result is dropped.
+                await self._cancelled(job, ctx)
+            else:
+                self._done.append((job, encoded, result))
+                self._flush_wake.set()
         finally:
             if span is not None:
                 span.end()
@@ -342,7 +361,7 @@ class QueueWorker:
                     job,
                     consumer=self.consumer,
                     now_ms=int(now * 1000),
-                    keep=self._keep,
+                    keep=self._keep_failed,
                     due_ms=due,
                     error=str(exc),
                     record=record,
@@ -356,6 +375,9 @@ class QueueWorker:
             # Another worker holds the job now, or this very call already went through before
             # its reply was lost: either way it is recorded once, by someone else's call.
             self.log.warning("failure not recorded: job no longer held here", job=job.job_id)
+            return
+        if dead == CANCELLED:
+            self._said_cancelled(job, ctx)
             return
         self.failed += 1
         stats = self._stats.get(job.topic)
@@ -386,6 +408,70 @@ class QueueWorker:
         self.bus.emit("job:failed", "job", job=ctx, id=job.job_id, topic=job.topic, error=err)
         self.bus.emit("dead-letter", "job", job=ctx, id=dead, error=err, topic=job.topic)
         await self._finished([job.job_id])
+
+    # -- cancellation ---------------------------------------------------------------------------
+
+    async def _watch_cancels(self) -> None:
+        """Stop the jobs held here whose cancel was asked for, in whichever process asked."""
+        while not self._closing.is_set():
+            await self._pause(CANCEL_POLL)
+            try:
+                await self.check_cancels()
+            except Exception as exc:
+                self.log.warning("could not read cancel requests", error=repr(exc))
+
+    async def check_cancels(self) -> None:
+        """Stop every job held here that has a cancel request (also called at once after a
+        cancel asked for in this process)."""
+        held = {job.job_id: job for job in self.claims.values() if not job.cancel}
+        if not held:
+            return
+        for job_id in await self.store.cancel_requested(self.name, list(held)):
+            await self._stop(held[job_id])
+
+    async def _stop(self, job: Running) -> None:
+        """Cancel a job held here: one not started yet ends at once, a running one when its
+        handler gives way to the cancellation (`_run` settles it)."""
+        job.cancel = True
+        if job.task is None:
+            with contextlib.suppress(ValueError):
+                self._backlog.remove(job)
+            await self._cancelled(job, None)
+        elif not job.task.done():
+            self.log.info("cancelling job", topic=job.topic, job=job.job_id)
+            job.task.cancel()
+
+    async def _cancelled(self, job: Running, ctx: JobContext | None) -> None:
+        job.settling = True
+        while True:
+            try:
+                held = await self.store.settle_cancelled(
+                    self.name,
+                    job,
+                    consumer=self.consumer,
+                    now_ms=int(self.clock.time() * 1000),
+                    keep=self._keep_failed,
+                )
+                break
+            except Exception as exc:
+                self.log.warning("could not record a cancel; retrying", error=repr(exc))
+                await self.clock.sleep(1.0)
+        self.claims.pop(job.key, None)
+        if held:
+            self._said_cancelled(job, ctx)
+
+    def _said_cancelled(self, job: Running, ctx: JobContext | None) -> None:
+        self.log.info(
+            "job cancelled",
+            topic=job.topic,
+            job=job.job_id,
+            attempt=job.attempt,
+            duration=round(job.duration, 6),
+            outcome="cancelled",
+        )
+        self.bus.emit(
+            "job:cancelled", "job", job=ctx, id=job.job_id, topic=job.topic, attempt=job.attempt
+        )
 
     # -- completion -----------------------------------------------------------------------------
 
@@ -547,9 +633,15 @@ class QueueWorker:
         # As many as we can start now (one, over the limit, when busy): the rest are left to
         # workers with free slots, rather than waiting here behind our own jobs.
         count = max(1, self.concurrency - self._running)
-        for job in await self.store.reclaim(self.name, self.consumer, self._vis_ms, count):
-            if job.key in self.claims:
-                continue  # ours and still running: reclaiming just refreshed our claim
+        taken = await self.store.reclaim(self.name, self.consumer, self._vis_ms, count)
+        taken = [job for job in taken if job.key not in self.claims]  # ours: just refreshed
+        asked = await self.store.cancel_requested(self.name, [j.job_id for j in taken])
+        for job in taken:
+            if job.job_id in asked:
+                # Its worker died after the cancel was asked for: it is not run again.
+                self.claims[job.key] = job
+                await self._stop(job)
+                continue
             self.log.warning(
                 "reclaimed job from a worker that stopped", job=job.job_id, attempt=job.attempt
             )

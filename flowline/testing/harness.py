@@ -15,6 +15,7 @@ from typing import Any
 from .._events import Event, matches
 from .._pipeline import Pipeline
 from .._settings import Settings
+from ..backends.base import Cancellation
 from ..backends.clock import ManualClock
 from ..backends.memory import MemorySource, MemoryStore
 from ..errors import FlowlineError, PipelineError
@@ -283,6 +284,21 @@ class App:
         """The ``job:retry`` events (of `topic`): attempts that failed and will run again; each
         has ``id``, ``topic``, ``error``, ``delay``."""
         return [e for e in self.events("job:retry") if topic is None or e.topic == topic]
+
+    def cancelled(self, topic: str | None = None) -> list[Event]:
+        """The ``job:cancelled`` events (of `topic`): each has ``id``, ``topic``, ``attempt``
+        (0 when it was cancelled before it ran)."""
+        return [e for e in self.events("job:cancelled") if topic is None or e.topic == topic]
+
+    async def cancel(self, job_id: str) -> Cancellation:
+        """Cancel a job of any queue (as `QueueHandle.cancel`). A running one's handler is
+        cancelled at once (its worker is in this process); `settle` lets it end."""
+        for p in self.pipelines:
+            for q in p.queues:
+                found = await p.queue(q.name).cancel(job_id)
+                if found.outcome != "unknown":
+                    return found
+        return Cancellation("unknown", "", "")
 
     async def job(self, job_id: str) -> JobInfo | None:
         """The job's record as the store holds it (as `QueueHandle.job`), or None."""

@@ -126,6 +126,19 @@ async def hang(job: JobContext) -> None:
     await asyncio.sleep(3600)
 
 
+@pipeline.dequeue("stubborn")
+async def stubborn(job: JobContext) -> str:
+    """Ignores a cancellation: goes on `data.after` seconds more, then returns."""
+    await record(job, "start")
+    try:
+        await asyncio.sleep(job.data["sleep"])
+    except asyncio.CancelledError:
+        await record(job, "ignored-cancel")
+        await asyncio.sleep(job.data.get("after", 0.5))
+    await record(job, "done")
+    return "finished anyway"
+
+
 @pipeline.dequeue("bad-result")
 async def bad_result(job: JobContext) -> object:
     await record(job, "start")

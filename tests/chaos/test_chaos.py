@@ -138,7 +138,8 @@ class TestLostReplies:
         q = self.Q
         await redis.xgroup_create(q.jobs, GROUP, id="0", mkstream=True)
         await Scripts(redis).enqueue(
-            keys=[q.jobs, q.delayed], args=[q.job_prefix, 1, "j1", "t", "{}", 0, "test", 1, ""]
+            keys=[q.jobs, q.delayed, q.cancels],
+            args=[q.job_prefix, 1, "j1", "t", "{}", 0, "test", 1, ""],
         )
         [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "c1", {q.jobs: ">"}, count=1)
         return entry.decode()
@@ -147,7 +148,7 @@ class TestLostReplies:
         """What `QueueWorker._failed` sends: the job failed at attempt 1 in `consumer`."""
         q = self.Q
         await Scripts(redis).fail(
-            keys=[q.jobs, q.delayed, q.dead],
+            keys=[q.jobs, q.delayed, q.dead, q.cancels],
             args=[
                 GROUP,
                 q.job_prefix,
@@ -226,7 +227,7 @@ class TestClaims:
         # "short" outlasts a heartbeat interval (1/3 s); "long" outlives the visibility timeout.
         for stream, job_id, sleep in ((q.urgent, "short", 1.0), (q.jobs, "long", 3.0)):
             await scripts.enqueue(
-                keys=[stream, q.delayed],
+                keys=[stream, q.delayed, q.cancels],
                 args=[q.job_prefix, 1, job_id, "work", json.dumps({"sleep": sleep}), 0, "t", 1, ""],
             )
         stop = asyncio.Event()
