@@ -5,7 +5,7 @@ from ._chain import Branch, Chain
 from ._events import Event
 from ._pipeline import Pipeline, Pipelines
 from ._settings import Settings
-from ._stages import Backoff, Cron, Job, Queue, Route, Stream
+from ._stages import Backoff, Cron, Job, Queue, Rate, Route, Stream
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -38,6 +38,7 @@ __all__ = [
     "Pipeline",
     "Pipelines",
     "Queue",
+    "Rate",
     "Route",
     "Stream",
     # running them

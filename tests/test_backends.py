@@ -310,6 +310,37 @@ class TestCancel:
         assert await store.settle_cancelled(Q, again, consumer="c2", now_ms=NOW, keep=1)
 
 
+class TestRates:
+    async def test_a_window_grants_up_to_its_limit_and_says_when_more_frees(
+        self, store: JobStore
+    ) -> None:
+        assert await store.take(Q, "", 3, 5, 1.0, "a:") == (3, 0.0)
+        granted, wait = await store.take(Q, "", 3, 5, 1.0, "b:")
+        assert granted == 2
+        assert 0 < wait <= 1.0
+        assert (await store.take(Q, "", 1, 5, 1.0, "c:"))[0] == 0
+        await store.give_back(Q, "", "b:", 2, 1)  # one of b's was not used
+        assert (await store.take(Q, "", 5, 5, 1.0, "d:"))[0] == 1
+        assert (await store.take(Q, "work", 5, 2, 1.0, "e:"))[0] == 2  # a topic's own window
+
+    async def test_deferred_jobs_wait_delayed_with_their_attempt(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a", "b"), NOW)
+        a, b = await read(store)
+        await store.defer(Q, "c2", [a], NOW + 5000)  # not c2's: left alone
+        await store.defer(Q, "c1", [a, b], NOW + 5000)
+        assert await store.counts(Q) == QueueCounts(0, 0, 2, 0)
+        info = await store.job(pipeline, Q, "key:a")
+        assert info is not None
+        assert (info.state, info.attempt, info.due) == ("delayed", 1, (NOW + 5000) / 1000)
+        assert await store.promote(Q, NOW + 5000, 10) == (2, -1)
+        again = await read(store)
+        assert sorted((j.job_id, j.attempt, j.born) for j in again) == [
+            ("key:a", 1, NOW),
+            ("key:b", 1, NOW),
+        ]
+
+
 class TestClean:
     async def test_only_finished_records_of_the_state_and_age_go(self, store: JobStore) -> None:
         await store.setup(Q)

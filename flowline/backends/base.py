@@ -203,6 +203,26 @@ class JobStore:
         its request; False (nothing changed) when `consumer` no longer holds it."""
         raise NotImplementedError
 
+    # -- rate limits ---------------------------------------------------------------------------
+
+    async def take(
+        self, queue: str, topic: str, wanted: int, limit: int, period: float, token: str
+    ) -> tuple[int, float]:
+        """Take up to `wanted` job starts of a rate: the queue's (`topic` '') or a topic's, at
+        most `limit` in any `period` seconds across every process. Returns how many were
+        granted and, when fewer than wanted, the seconds until one more frees (else 0).
+        `token` (unique per call) names them for `give_back`."""
+        raise NotImplementedError
+
+    async def give_back(self, queue: str, topic: str, token: str, granted: int, used: int) -> None:
+        """Return the starts of a `take` that were not used (`used` of `granted` were)."""
+        raise NotImplementedError
+
+    async def defer(self, queue: str, consumer: str, jobs: Sequence[Running], due_ms: int) -> None:
+        """Make jobs `consumer` holds wait until `due_ms` (delayed, same attempt): their
+        topic's rate is used up."""
+        raise NotImplementedError
+
     async def clean(self, queue: str, state: str, before_ms: int) -> int:
         """Delete the records of `queue`'s jobs in `state` (``completed``, ``failed`` or
         ``cancelled``) that finished before `before_ms`; returns how many. Never touches a job

@@ -74,6 +74,9 @@ class _Queue:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     paused: bool = False
     cancels: dict[str, int] = field(default_factory=dict)  # job id -> when asked (ms)
+    # Rate windows: scope ('' the queue, else a topic) -> {member: start ms}.
+    windows: dict[str, dict[str, int]] = field(default_factory=dict)
+    blocked_until: int = 0  # ms: the queue's rate lets no job start before then
 
     def __post_init__(self) -> None:
         for stream in (*self.keys.streams, self.keys.dead):
@@ -102,26 +105,41 @@ class MemoryStore(JobStore):
 
     # -- what `flowline.testing` asks --------------------------------------------------------
 
+    def _startable(self, q: _Queue) -> bool:
+        """Whether the queue's ready jobs may start now: not paused, its rate not used up."""
+        return not q.paused and q.blocked_until <= self._now()
+
     def busy(self) -> bool:
-        """Whether a job is held by a worker, or ready in a queue that is not paused."""
+        """Whether a job is held by a worker, or ready in a queue that may start it now. While
+        a queue's rate lets nothing start, the jobs its workers hold wait for the rate (the
+        harness asks the workers whether a handler runs)."""
+        now = self._now()
         return any(
-            q.pending or (not q.paused and any(q.ready[s] for s in q.keys.streams))
+            (q.pending and q.blocked_until <= now)
+            or (self._startable(q) and any(q.ready[s] for s in q.keys.streams))
             for q in self._queues.values()
         )
 
     def backlog(self) -> dict[str, tuple[int, int]]:
         """Each queue with work: (jobs ready, jobs held by a worker); a paused queue's ready
-        jobs wait for its resume, so they are not counted."""
+        jobs wait for its resume, and a rate-limited one's for its rate: not counted."""
         out = {}
         for name, q in self._queues.items():
-            ready = 0 if q.paused else sum(len(q.ready[s]) for s in q.keys.streams)
+            ready = sum(len(q.ready[s]) for s in q.keys.streams) if self._startable(q) else 0
             if ready or q.pending:
                 out[name] = (ready, len(q.pending))
         return out
 
     def next_due(self) -> int | None:
-        """When the soonest delayed job is due (ms), or None when none waits."""
+        """When the soonest delayed job is due, or a rate lets ready jobs start (ms); None
+        when nothing waits."""
         due = [d for q in self._queues.values() for d in q.delayed.values()]
+        now = self._now()
+        due += [
+            q.blocked_until
+            for q in self._queues.values()
+            if q.blocked_until > now and (q.pending or any(q.ready[s] for s in q.keys.streams))
+        ]
         return min(due) if due else None
 
     # -- helpers --------------------------------------------------------------------------------
@@ -374,6 +392,41 @@ class MemoryStore(JobStore):
         self._cancelled(queue, job.job_id, now_ms, keep)
         self.changes += 1
         return True
+
+    async def take(
+        self, queue: str, topic: str, wanted: int, limit: int, period: float, token: str
+    ) -> tuple[int, float]:
+        q = self._q(queue)
+        now, span = self._now(), max(1, int(period * 1000))
+        window = q.windows.setdefault(topic, {})
+        for member in [m for m, at in window.items() if at <= now - span]:
+            del window[member]
+        granted = max(0, min(wanted, limit - len(window)))
+        window.update({f"{token}{i}": now for i in range(1, granted + 1)})
+        if granted == wanted:
+            return granted, 0.0
+        wait_ms = max(1, min(window.values()) + span - now)
+        if not topic and not granted:
+            q.blocked_until = now + wait_ms
+        return granted, wait_ms / 1000
+
+    async def give_back(self, queue: str, topic: str, token: str, granted: int, used: int) -> None:
+        window = self._q(queue).windows.get(topic, {})
+        for i in range(used + 1, granted + 1):
+            window.pop(f"{token}{i}", None)
+
+    async def defer(self, queue: str, consumer: str, jobs: Sequence[Running], due_ms: int) -> None:
+        q = self._q(queue)
+        for job in jobs:
+            if q.pending.get(job.key) != consumer:
+                continue
+            self._settled(q, job)
+            self._write(
+                queue, job.job_id, state="delayed", topic=job.topic, data=job.data.decode(),
+                attempt=job.attempt, stream=job.stream, born=job.born, trace=job.trace,
+            )  # fmt: skip
+            q.delayed[job.job_id] = due_ms
+        self.changes += 1
 
     async def clean(self, queue: str, state: str, before_ms: int) -> int:
         gone = [

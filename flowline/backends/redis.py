@@ -318,6 +318,37 @@ class RedisStore(JobStore):
     async def progress(self, queue: str, job_id: str, percent: float) -> None:
         await self.redis.hset(self._k(queue).job(job_id), "progress", percent)
 
+    async def take(
+        self, queue: str, topic: str, wanted: int, limit: int, period: float, token: str
+    ) -> tuple[int, float]:
+        granted, wait_ms = await self.scripts.take(
+            keys=[self._k(queue).rate(topic)],
+            args=[max(1, int(period * 1000)), limit, wanted, token],
+        )
+        return int(granted), int(wait_ms) / 1000
+
+    async def give_back(self, queue: str, topic: str, token: str, granted: int, used: int) -> None:
+        if used < granted:
+            unused = [f"{token}{i}" for i in range(used + 1, granted + 1)]
+            await self.redis.zrem(self._k(queue).rate(topic), *unused)
+
+    async def defer(self, queue: str, consumer: str, jobs: Sequence[Running], due_ms: int) -> None:
+        keys = self._k(queue)
+        by_stream: dict[str, list[Running]] = {}
+        for job in jobs:
+            by_stream.setdefault(job.stream, []).append(job)
+        for stream, held in by_stream.items():
+            await self.scripts.defer(
+                keys=[stream, keys.delayed],
+                args=[
+                    GROUP,
+                    keys.job_prefix,
+                    due_ms,
+                    consumer,
+                    *flat(release_args(j) for j in held),
+                ],
+            )
+
     async def clean(self, queue: str, state: str, before_ms: int) -> int:
         removed = 0
         batch: list[Any] = []

@@ -9,6 +9,7 @@ and the layout works unchanged on Redis Cluster.
     flowline:{q}:dead        stream of dead letters (jobs that exhausted their attempts)
     flowline:{q}:paused      set while the queue is paused: no process claims its jobs
     flowline:{q}:cancel      zset: job id -> when its cancel was asked (ms), for held jobs
+    flowline:{q}:rate[:<t>]  zset: the queue's (or topic t's) job starts in its rate's window
     flowline:{q}:job:<id>    hash: state, topic, attempt, progress, result, error, timestamps
     flowline:{q}:stats:<n>   hash: jobs completed / failed in the n-th 10-second window
 """
@@ -58,6 +59,10 @@ class QueueKeys:
     @property
     def cancels(self) -> str:
         return self.prefix + "cancel"
+
+    def rate(self, topic: str = "") -> str:
+        """The window of the queue's rate, or of topic `topic`'s."""
+        return self.prefix + ("rate:" + topic if topic else "rate")
 
     @property
     def job_prefix(self) -> str:

@@ -273,6 +273,52 @@ return 1
 """
 
 
+# Rate limits (`JobStore.take`): KEYS: the scope's window, a zset of recent starts (member ->
+# ms). ARGV: period ms, limit, how many wanted, member prefix. Times are Redis's own (TIME), so
+# processes whose clocks disagree share one window. Grants up to `wanted` starts such that no
+# `period` ever holds more than `limit`; returns {granted, ms until the oldest start leaves the
+# window (when fewer than wanted were granted)}.
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local period, limit, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+local k = math.min(wanted, limit - redis.call('ZCARD', KEYS[1]))
+if k > 0 then
+  local args = {}
+  for i = 1, k do
+    args[#args + 1] = now
+    args[#args + 1] = ARGV[4] .. i
+  end
+  redis.call('ZADD', KEYS[1], unpack(args))
+  redis.call('PEXPIRE', KEYS[1], period)
+  if k == wanted then return {k, 0} end
+else
+  k = 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {k, math.max(1, tonumber(oldest[2] or now) + period - now)}
+"""
+
+# KEYS: a ready stream, delayed zset. ARGV: group, job key prefix, due ms, consumer, then per
+# job: entry id, job id, topic, data, attempt, born, trace. Puts held jobs back to wait until
+# `due` (their topic's rate is used up), attempt unchanged; jobs `consumer` no longer holds
+# are left alone.
+DEFER = """
+for i = 5, #ARGV, 7 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[4] then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('HSET', ARGV[2] .. ARGV[i + 1], 'state', 'delayed', 'topic', ARGV[i + 2],
+      'data', ARGV[i + 3], 'attempt', ARGV[i + 4], 'stream', KEYS[1], 'born', ARGV[i + 5],
+      'trace', ARGV[i + 6])
+    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
 # Clean (`JobStore.clean`): KEYS: job hashes. ARGV: state, finished before (ms). Deletes the
 # records in that state that finished before then; a record in any other state (a job still
 # waiting or running) is never touched, so it is safe while workers run. Returns how many.
@@ -325,6 +371,8 @@ class Scripts:
         self.cancel: AsyncScript = redis.register_script(CANCEL)
         self.cancelled: AsyncScript = redis.register_script(CANCELLED)
         self.clean: AsyncScript = redis.register_script(CLEAN)
+        self.take: AsyncScript = redis.register_script(TAKE)
+        self.defer: AsyncScript = redis.register_script(DEFER)
         self.fan_in: AsyncScript = redis.register_script(FAN_IN)
         self.raise_mark: AsyncScript = redis.register_script(RAISE_MARK)
 

@@ -97,6 +97,10 @@ class QueueWorker:
         self._keep_failed = int(self.opts.keep_failed)
         self._vis_ms = int(self.opts.visibility_timeout * 1000)
         self._reclaim_after = 0.0  # monotonic time before which this worker does not reclaim
+        # Rate limits: the queue's, taken before each read; topics', taken before their jobs start.
+        self._rate = self.opts.rate
+        self._topic_rates = {n: t.rate for n, t in self.topics.items() if t.rate is not None}
+        self._takes = 0  # numbers each take, for its token
         # One count for the pipeline: its jobs from a source whose Route does not fan in
         # have no total, and the store leaves them alone.
         self._fan_in = any(route.fan_in for route in pipeline.routes)
@@ -166,8 +170,10 @@ class QueueWorker:
                 # Read ahead, before a pause: not started while paused, but handed back.
                 if await self._hand_back_if_paused():
                     continue
-                while backlog and self._running < self.concurrency:
-                    self._start(backlog.popleft())
+                granted, token = await self._admit(min(len(backlog), free))
+                if granted:
+                    started = await self._begin([backlog.popleft() for _ in range(granted)])
+                    await self._give_back(token, granted, started)
                 continue
             try:
                 jobs = await store.read(name, consumer, min(free, self.opts.batch), 0.5)
@@ -179,14 +185,90 @@ class QueueWorker:
                 self.log.warning("reading jobs failed; backing off", error=repr(exc), delay=delay)
                 await self.clock.sleep(delay)
                 continue
+            if not jobs:
+                continue
+            # A read may give more than the free slots (Redis counts per stream), and a rate
+            # fewer starts than jobs: the rest waits in the backlog, claimed and kept alive by
+            # the heartbeat. Starts are taken from the rate just before they happen, never
+            # before a read that may block, so the rate's window holds the real start times.
+            granted, token = await self._admit(min(len(jobs), free), wait=False)
+            for job in jobs[granted:]:
+                self.claims[job.key] = job
+                backlog.append(job)
+            started = await self._begin(jobs[:granted]) if granted else 0
+            await self._give_back(token, granted, started)
+
+    # -- rate limits ------------------------------------------------------------------------------
+
+    async def _admit(self, wanted: int, *, wait: bool = True) -> tuple[int, str]:
+        """How many jobs may start now under the queue's rate (all of `wanted` without one),
+        and the token of the take; with `wait`, waits (up to a second) when none may."""
+        rate = self._rate
+        if rate is None:
+            return wanted, ""
+        self._takes += 1
+        token = f"{self.consumer}:{self._takes}:"
+        try:
+            granted, delay = await self.store.take(
+                self.name, "", wanted, rate.limit, rate.per, token
+            )
+        except Exception as exc:
+            self._store_trouble()
+            self.log.warning("could not take from the queue's rate", error=repr(exc))
+            await self._pause(0.5)
+            return 0, token
+        if not granted and wait:
+            await self._pause(min(delay, 1.0))
+        return granted, token
+
+    async def _give_back(self, token: str, granted: int, used: int) -> None:
+        """Return the queue's rate starts a take granted and no job used."""
+        if token and used < granted:
+            try:
+                await self.store.give_back(self.name, "", token, granted, used)
+            except Exception as exc:  # the starts lapse with the window: nothing is lost
+                self.log.warning("could not give rate starts back", error=repr(exc))
+
+    async def _begin(self, jobs: list[Running]) -> int:
+        """Start `jobs`, but those whose topic's rate is used up, which wait (delayed) until it
+        frees; returns how many started."""
+        if not self._topic_rates:
             for job in jobs:
-                # A read may give more than the free slots (Redis counts per stream): the rest
-                # waits here, claimed and kept alive by the heartbeat.
-                if self._running < self.concurrency:
-                    self._start(job)
-                else:
+                self._start(job)
+            return len(jobs)
+        limited: dict[str, list[Running]] = {}
+        go: list[Running] = []
+        for job in jobs:
+            if job.topic in self._topic_rates:
+                limited.setdefault(job.topic, []).append(job)
+            else:
+                go.append(job)
+        for topic, held in limited.items():
+            rate = self._topic_rates[topic]
+            self._takes += 1
+            token = f"{self.consumer}:{self._takes}:"
+            granted = 0
+            try:
+                granted, wait = await self.store.take(
+                    self.name, topic, len(held), rate.limit, rate.per, token
+                )
+                if granted < len(held):
+                    due = int((self.clock.time() + wait) * 1000)
+                    await self.store.defer(self.name, self.consumer, held[granted:], due)
+                    for job in held[granted:]:
+                        self.claims.pop(job.key, None)
+            except Exception as exc:
+                # Still claimed: they wait in the backlog and are tried again.
+                self._store_trouble()
+                self.log.warning("could not take from a topic's rate", topic=topic, error=repr(exc))
+                for job in held[granted:]:
                     self.claims[job.key] = job
-                    backlog.append(job)
+                    self._backlog.append(job)
+                await self._pause(0.5)
+            go += held[:granted]
+        for job in go:
+            self._start(job)
+        return len(go)
 
     async def _hand_back_if_paused(self) -> bool:
         """When the queue is paused, give the read-ahead backlog back; True if it was."""
@@ -655,6 +737,11 @@ class QueueWorker:
                     stage=job.topic,
                 )
                 await self._failed(job, None, None, exc)
+                continue
+            if self._rate is not None or job.topic in self._topic_rates:
+                # It waits its turn under the rates, like a job just read.
+                self.claims[job.key] = job
+                self._backlog.append(job)
                 continue
             self._start(job)
 

@@ -242,6 +242,7 @@ class App:
             self.store.busy()
             or self.streams.busy()
             or any(cron.firing for cron in self.runner.crons)
+            or any(w.running for w in self.runner.workers)
         )
 
     async def _quiet(self) -> None:
