@@ -77,6 +77,9 @@ async def test_in_memory_a_running_job_is_cancelled_and_not_retried() -> None:
         assert [e.attempt for e in app.cancelled() if e.id == running] == [1]
         assert app.completed() == app.retried() == app.failed() == []
         assert (await app.cancel(running)).outcome == "finished"
+        metrics = app.runner.metrics
+        assert metrics is not None
+        assert metrics.job(app.pipelines[0].name, "cancels", "slow").cancelled == 1  # held one
         assert (await app.cancel("nope")).outcome == "unknown"
 
 

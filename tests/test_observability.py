@@ -122,6 +122,7 @@ class TestMetricsExposition:
             "flowline_jobs_failed_total",
             "flowline_jobs_retried_total",
             "flowline_jobs_dead_lettered_total",
+            "flowline_jobs_cancelled_total",
             "flowline_cron_ticks_total",
             "flowline_errors_total",
             "flowline_job_duration_seconds",

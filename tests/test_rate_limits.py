@@ -82,9 +82,7 @@ async def test_three_processes_share_one_queue_rate(
     some 50 ms, a process's first job later still), so a window of a second by those may
     take the tail of one second's starts and the next second's: it may hold a few more, never
     two seconds' worth, and one of 0.9 s none; the rate over the run is the limit's."""
-    procs = [worker(TARGET, "--concurrency", "10") for _ in range(3)]
-    for proc in procs:
-        await proc.ready()
+    await started_workers(worker, 3)
     async with connect(limited.pipeline, settings):
         for n in range(120):
             await limited.pipeline.enqueue("work", {"n": n})
@@ -103,9 +101,7 @@ async def test_three_processes_share_one_queue_rate(
 async def test_a_topic_rate_holds_across_processes_without_holding_up_others(
     worker: Any, redis: Any, settings: Settings
 ) -> None:
-    procs = [worker(TARGET, "--concurrency", "10") for _ in range(2)]
-    for proc in procs:
-        await proc.ready()
+    await started_workers(worker, 2)
     async with connect(limited.pipeline, settings):
         for n in range(20):
             await limited.pipeline.enqueue("api", {"n": n})
@@ -123,6 +119,12 @@ async def test_a_topic_rate_holds_across_processes_without_holding_up_others(
     assert work[-1] - api[0] < 1.5  # the other topic's jobs did not wait behind the api ones
     records = [await redis.hget(f"flowline:{{limited}}:job:{r['id']}", "attempt") for r in rows]
     assert set(records) == {b"1"}  # waiting for the rate is not an attempt
+
+
+async def started_workers(worker: Any, n: int) -> None:
+    procs = [worker(TARGET, "--concurrency", "10") for _ in range(n)]
+    for proc in procs:
+        await proc.ready()
 
 
 async def _starts(redis: Any, n: int) -> list[dict[str, Any]] | None:

@@ -70,6 +70,7 @@ class JobStats:
     failed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    cancelled: int = 0
     duration: Histogram = field(default_factory=Histogram)
     wait: Histogram = field(default_factory=Histogram)
     event_to_done: Histogram = field(default_factory=Histogram)
@@ -203,6 +204,7 @@ class Metrics:
             "failed": "Job attempts that failed (each failed attempt, retried or not).",
             "retried": "Failed attempts that will be retried.",
             "dead_lettered": "Jobs that exhausted their attempts and were dead-lettered.",
+            "cancelled": "Jobs this process held and ended as cancelled (a cancel was asked).",
         }
         for name, doc in counters.items():
             family = CounterMetricFamily(f"flowline_jobs_{name}", doc, labels=labels)

@@ -20,8 +20,8 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["QueueWorker", "Running", "consumer_name"]
 
 log = structlog.get_logger("flowline.worker")
+T = TypeVar("T")
 
 # Seconds between two reads of the cancel requests of the jobs a worker holds: a cancel asked
 # for anywhere stops a running handler within about this (one ZMSCORE per queue per poll, and
@@ -436,22 +437,19 @@ class QueueWorker:
                 now=now,
             )
         )
-        while True:
-            try:
-                dead = await self.store.fail(
-                    self.name,
-                    job,
-                    consumer=self.consumer,
-                    now_ms=int(now * 1000),
-                    keep=self._keep_failed,
-                    due_ms=due,
-                    error=str(exc),
-                    record=record,
-                )
-                break
-            except Exception as write_exc:
-                self.log.warning("could not record failure; retrying", error=repr(write_exc))
-                await self.clock.sleep(1.0)
+        dead = await self._until_done(
+            "could not record failure; retrying",
+            lambda: self.store.fail(
+                self.name,
+                job,
+                consumer=self.consumer,
+                now_ms=int(now * 1000),
+                keep=self._keep_failed,
+                due_ms=due,
+                error=str(exc),
+                record=record,
+            ),
+        )
         self.claims.pop(job.key, None)
         if dead is None:
             # Another worker holds the job now, or this very call already went through before
@@ -491,16 +489,31 @@ class QueueWorker:
         self.bus.emit("dead-letter", "job", job=ctx, id=dead, error=err, topic=job.topic)
         await self._finished([job.job_id])
 
+    async def _until_done(self, warning: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Make a store call that settles a job held here, again each second until it goes
+        through: the job stays claimed (the heartbeat keeps it) in between."""
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                self.log.warning(warning, error=repr(exc))
+                await self.clock.sleep(1.0)
+
     # -- cancellation ---------------------------------------------------------------------------
 
     async def _watch_cancels(self) -> None:
         """Stop the jobs held here whose cancel was asked for, in whichever process asked."""
+        failures = 0
         while not self._closing.is_set():
-            await self._pause(CANCEL_POLL)
+            # Backing off while the store is away: the other loops already say so.
+            await self._pause(CANCEL_POLL * 2 ** min(failures, 3))
             try:
                 await self.check_cancels()
+                failures = 0
             except Exception as exc:
-                self.log.warning("could not read cancel requests", error=repr(exc))
+                failures += 1
+                if failures == 1:
+                    self.log.warning("could not read cancel requests", error=repr(exc))
 
     async def check_cancels(self) -> None:
         """Stop every job held here that has a cancel request (also called at once after a
@@ -525,24 +538,24 @@ class QueueWorker:
 
     async def _cancelled(self, job: Running, ctx: JobContext | None) -> None:
         job.settling = True
-        while True:
-            try:
-                held = await self.store.settle_cancelled(
-                    self.name,
-                    job,
-                    consumer=self.consumer,
-                    now_ms=int(self.clock.time() * 1000),
-                    keep=self._keep_failed,
-                )
-                break
-            except Exception as exc:
-                self.log.warning("could not record a cancel; retrying", error=repr(exc))
-                await self.clock.sleep(1.0)
+        held = await self._until_done(
+            "could not record a cancel; retrying",
+            lambda: self.store.settle_cancelled(
+                self.name,
+                job,
+                consumer=self.consumer,
+                now_ms=int(self.clock.time() * 1000),
+                keep=self._keep_failed,
+            ),
+        )
         self.claims.pop(job.key, None)
         if held:
             self._said_cancelled(job, ctx)
 
     def _said_cancelled(self, job: Running, ctx: JobContext | None) -> None:
+        stats = self._stats.get(job.topic)
+        if stats is not None:
+            stats.cancelled += 1
         self.log.info(
             "job cancelled",
             topic=job.topic,
