@@ -36,6 +36,10 @@ What is measured (every side runs in a fresh Python process; the servers are sha
 4. latency, ms: a publisher publishes events at a steady rate, each stamped with the time of
    its publish; one process runs stream ingest and queue worker, and the handler records how
    long after the publish it ran (both jobs of every event). Targets: p50 <= 2, p99 <= 10.
+5. fairness, ms: N jobs of one group are queued, then one of another once a tenth of them ran;
+   how long that lone job waits from its enqueue to its handler, with groups
+   (``Queue(group_limit=10)``) against the same jobs without groups (FIFO: it waits behind
+   the rest of the N). Target: <= 50 ms (benchmarks/fairness.py).
 
 How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
 the order is reversed every other round), so slow drift of the machine touches every side alike.
@@ -75,13 +79,13 @@ from redis.asyncio import Redis
 
 from flowline.servers import LocalServers
 
-from . import common, ingest, latency, side, worker
+from . import common, fairness, ingest, latency, side, worker
 
 # BullMQ's Node worker at concurrency 50, measured elsewhere on a machine where the raw
 # XREADGROUP + XACK loop made about 120k jobs/s: a reference, not a side of this run.
 BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
-FIGURES = ("ingest", "worker", "latency")
+FIGURES = ("ingest", "worker", "latency", "fairness")
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
 FLOWLINE_SIDES = ("flowline", "events", "metrics", "observed")
@@ -100,6 +104,7 @@ class Sizes:
     latency_seconds: float
     latency_rounds: int
     rate: float
+    fair_jobs: int = 20_000
 
 
 FULL = Sizes(
@@ -110,7 +115,7 @@ FULL = Sizes(
 )  # fmt: skip
 QUICK = Sizes(
     rounds=1, events=5_000, jobs=10_000, taskiq_jobs=1_000, latency_seconds=2.0,
-    latency_rounds=1, rate=500.0,
+    latency_rounds=1, rate=500.0, fair_jobs=2_000,
 )  # fmt: skip
 
 
@@ -281,6 +286,29 @@ class Bench:
             f"by processor: {shares}) and writing to the stderr file "
             f"{res['line_us'] - res['render_us']:.2f} us ({res['log']['bytes'] / jobs:.0f} bytes)."
         )
+
+    def fairness(self) -> list[Row]:
+        s = self.sizes
+        samples: dict[str, list[dict[str, float]]] = {"grouped": [], "fifo": []}
+        for r, name in alternate(list(samples), s.rounds):
+            res = side.run("fairness", name, {"jobs": s.fair_jobs, **self.urls}, timeout=400)
+            samples[name].append(res)
+            text = (
+                f"lone job waited {res['wait_ms']:.1f} ms; hot group {res['hot_per_s']:,.0f} jobs/s"
+            )
+            self._say("fairness", r, s.rounds, name, text)
+        waits = {n: [res["wait_ms"] for res in rows] for n, rows in samples.items()}
+        hot = {n: [res["hot_per_s"] for res in rows] for n, rows in samples.items()}
+        self.notes.append(
+            f"fairness: {s.fair_jobs:,} jobs of one group queued, then one of another; the hot "
+            f"group (group_limit={fairness.LIMIT}) drained at "
+            f"{statistics.median(hot['grouped']):,.0f} jobs/s grouped and "
+            f"{statistics.median(hot['fifo']):,.0f} jobs/s without groups."
+        )
+        return [
+            Row("fairness lone wait", "ms", "the same jobs without groups (FIFO)",
+                waits["grouped"], waits["fifo"], "<= 50 ms", check=lambda f, b: f <= 50.0),
+        ]  # fmt: skip
 
     def latency(self) -> list[Row]:
         s = self.sizes
@@ -482,6 +510,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, help="how long the latency publisher runs")
     p.add_argument("--latency-rounds", type=int, help="alternating rounds of the latency figure")
     p.add_argument("--rate", type=float, help="latency publisher's events per second")
+    p.add_argument("--fair-jobs", type=int, help="jobs of the hot group in the fairness figure")
     p.add_argument(
         "--redis-fsync", choices=("always", "everysec", "no"), default="everysec",
         help="Redis appendfsync (default everysec; with always, writes wait for the disk)",

@@ -44,6 +44,7 @@ class Bound(Protocol):
         key: str | None = None,
         delay: float | None = None,
         priority: int = 0,
+        group: str | None = None,
     ) -> str:
         """Put one job on its queue without a stream; returns its id."""
         ...

@@ -277,10 +277,12 @@ class Pipeline(Assembly):
         key: str | None = None,
         delay: float | None = None,
         priority: int = 0,
+        group: str | None = None,
     ) -> str:
-        """Put a job on its queue directly; with `key`, enqueueing it again is a no-op."""
+        """Put a job on its queue directly; with `key`, enqueueing it again is a no-op; with
+        `group`, it runs under its queue's `group_limit` (`Job.group`)."""
         return await self._bound().enqueue(
-            self, topic, data, key=key, delay=delay, priority=priority
+            self, topic, data, key=key, delay=delay, priority=priority, group=group
         )
 
     def enqueue_sync(
@@ -292,13 +294,14 @@ class Pipeline(Assembly):
         delay: float | None = None,
         priority: int = 0,
         redis_url: str | None = None,
+        group: str | None = None,
     ) -> str:
         """`enqueue` for code that is not async (a Django view); needs no running `Runner`.
 
         Args:
             redis_url: where the queue lives; default ``FLOWLINE_REDIS_URL`` or localhost.
         """
-        job = Job(topic, data, delay=delay, key=key, priority=priority)
+        job = Job(topic, data, delay=delay, key=key, priority=priority, group=group)
         return _binding.local().enqueue_sync(self, job, redis_url)
 
     def queue(self, name: str) -> QueueHandle:

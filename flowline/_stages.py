@@ -49,6 +49,8 @@ class Job:
         delay: run no earlier than this many seconds (or `timedelta`) from now.
         priority: higher runs first when a queue has a backlog (0 is normal).
         key: an idempotency key; two jobs with the same key on one queue are one job.
+        group: its group (a fan, a tenant): at most the queue's `group_limit` jobs of one
+            group run at once, across every process, and groups are served in turn.
     """
 
     topic: str
@@ -56,6 +58,12 @@ class Job:
     delay: float | timedelta | None = None
     priority: int = 0
     key: str | None = None
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise PipelineError(f"Job({self.topic!r}): group must be a non-empty string, got "
+                                f"{self.group!r}")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +246,7 @@ class QueueOptions:
     batch: int = 100
     keep_failed: float = 7 * 24 * 3600.0
     rate: Rate | None = None
+    group_limit: int = 1
 
 
 class Queue(Stage):
@@ -258,6 +267,8 @@ class Queue(Stage):
             kept (its dead letter stays until replayed or purged).
         rate: at most this many job starts per period across every process (`Rate`, or
             ``"100/s"``); jobs past it wait their turn.
+        group_limit: how many jobs of one group (`Job.group`) may run at once across every
+            process (1: strictly one at a time per group).
     """
 
     kind = "queue"
@@ -276,6 +287,7 @@ class Queue(Stage):
         batch: int = 100,
         keep_failed: float | timedelta = 7 * 24 * 3600.0,
         rate: Rate | str | None = None,
+        group_limit: int = 1,
     ) -> None:
         if not _NAME_OK.match(name):
             raise PipelineError(f"Queue name {name!r} may hold only letters, digits, '-' and '_'")
@@ -293,7 +305,10 @@ class Queue(Stage):
             batch=batch,
             keep_failed=seconds(keep_failed),
             rate=Rate.of(rate),
+            group_limit=group_limit,
         )
+        if not isinstance(group_limit, int) or group_limit < 1:
+            raise PipelineError(f"Queue {name!r}: group_limit must be a whole number >= 1")
         if self.options.visibility_timeout < 1:
             raise PipelineError(f"Queue {name!r}: visibility_timeout must be at least 1 second")
         if self.options.keep_completed < 1 or self.options.keep_failed < 1:

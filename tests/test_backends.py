@@ -310,6 +310,82 @@ class TestCancel:
         assert await store.settle_cancelled(Q, again, consumer="c2", now_ms=NOW, keep=1)
 
 
+def grouped(group: str, *ids: str) -> list[Any]:
+    jobs = [Job("work", {"n": i}, key=i, group=group) for i in ids]
+    return plan(pipeline, jobs, "base", "direct", "enqueue", now=NOW / 1000)
+
+
+class TestGroups:
+    """`Job.group`: at most the queue's `group_limit` (here 1) of a group in the streams."""
+
+    async def ids(self, store: JobStore, consumer: str = "c1") -> list[str]:
+        return [j.job_id for j in await read(store, consumer)]
+
+    async def test_a_group_waits_its_turn_and_others_pass(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, grouped("A", "a1", "a2", "a3"), NOW)
+        await store.enqueue(Q, grouped("B", "b1"), NOW)
+        a1, b1 = await read(store)
+        assert (a1.job_id, a1.group, b1.job_id) == ("key:a1", "A", "key:b1")
+        assert await store.counts(Q) == QueueCounts(2, 2, 0, 0)  # a2 and a3 wait, ready
+        info = await store.job(pipeline, Q, "key:a2")
+        assert info is not None
+        assert info.state == "queued"
+        assert await read(store) == []
+        await store.complete(Q, [(a1, "1")], NOW, 60)
+        [a2] = await read(store)
+        assert a2.job_id == "key:a2"
+        args: dict[str, Any] = {"consumer": "c1", "now_ms": NOW, "keep": 60, "error": "x"}
+        await store.fail(Q, a2, due_ms=-1, record="{}", **args)  # dead: the slot goes on
+        assert await self.ids(store) == ["key:a3"]
+
+    async def test_completing_twice_hands_on_one_slot(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, grouped("A", "a1", "a2", "a3"), NOW)
+        [a1] = await read(store)
+        await store.complete(Q, [(a1, "1")], NOW, 60)
+        await store.complete(Q, [(a1, "1")], NOW, 60)  # the first reply was lost
+        assert await self.ids(store) == ["key:a2"]  # not a3 as well
+
+    async def test_a_cancelled_waiting_job_never_runs(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, grouped("A", "a1", "a2", "a3"), NOW)
+        [a1] = await read(store)
+        assert (await store.cancel(Q, "key:a2", NOW, 60)).outcome == "cancelled"
+        await store.complete(Q, [(a1, "1")], NOW, 60)
+        [a3] = await read(store)
+        assert a3.job_id == "key:a3"
+        assert await store.settle_cancelled(Q, a3, consumer="c1", now_ms=NOW, keep=60)
+        await store.enqueue(Q, grouped("A", "a4"), NOW)
+        assert await self.ids(store) == ["key:a4"]  # every slot came back
+
+    async def test_a_delayed_retry_gives_its_slot_back_until_due(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, grouped("A", "a1", "a2"), NOW)
+        [a1] = await read(store)
+        args: dict[str, Any] = {"consumer": "c1", "now_ms": NOW, "keep": 60, "record": ""}
+        await store.fail(Q, a1, due_ms=NOW + 1000, error="later", **args)
+        [a2] = await read(store)
+        assert a2.job_id == "key:a2"
+        assert await store.promote(Q, NOW + 1000, 10) == (1, -1)
+        assert await read(store) == []  # due, but a2 holds the group's slot
+        await store.complete(Q, [(a2, "1")], NOW, 60)
+        [again] = await read(store)
+        assert (again.job_id, again.attempt) == ("key:a1", 2)
+
+    async def test_released_and_retried_jobs_keep_their_slot(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.enqueue(Q, grouped("A", "a1", "a2"), NOW)
+        [a1] = await read(store)
+        await store.release(Q, "c1", [a1])
+        [back] = await read(store, "c2")
+        assert (back.job_id, back.group) == ("key:a1", "A")
+        args: dict[str, Any] = {"consumer": "c2", "now_ms": NOW, "keep": 60, "record": ""}
+        await store.fail(Q, back, due_ms=0, error="now", **args)
+        [again] = await read(store, "c2")
+        assert (again.job_id, again.attempt, again.group) == ("key:a1", 2, "A")
+
+
 class TestRates:
     async def test_a_window_grants_up_to_its_limit_and_says_when_more_frees(
         self, store: JobStore

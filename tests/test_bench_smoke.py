@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
-    sizes = ["--events", "1000", "--jobs", "3000", "--taskiq-jobs", "200"]
+    sizes = ["--events", "1000", "--jobs", "3000", "--taskiq-jobs", "200", "--fair-jobs", "2000"]
     r = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", *sizes, "--latency-seconds", "1"],
         cwd=ROOT,
@@ -35,6 +35,8 @@ def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
         ("worker", "taskiq"),
         ("latency", "flowline"),
         ("latency", "raw"),
+        ("fairness", "grouped"),
+        ("fairness", "fifo"),
     }, r.stdout
     (events,) = [line for line in lines if " round 1/1  events " in line]
     assert "6,000 events written, 6,000 kept" in events  # job:start and job:complete of 3,000
@@ -42,3 +44,5 @@ def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
     assert "3,000 log lines, metrics counted 3,000 jobs" in observed
     rows = {" ".join(line.split()[:2]) for line in lines if line.startswith(("ingest", "worker"))}
     assert {"worker events", "worker observed", "ingest observed"} <= rows
+    (fair,) = [line for line in lines if line.startswith("fairness lone wait")]
+    assert fair.split()[-1] == "met"  # the lone job did not wait behind the hot group

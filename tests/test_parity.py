@@ -237,6 +237,39 @@ async def drive_paused(app: App, target: Any) -> None:
     assert sorted(e.id for e in app.completed()) == ["key:two", "parity:1:0"]
 
 
+def groups() -> object:
+    p = (
+        Stream("parity", json.loads)
+        >> Route(lambda e: [Job("grouped", {"n": n, "g": e["g"]}, group=e["g"]) for n in range(3)])
+        >> Queue("parity", group_limit=1)
+    )
+
+    @p.dequeue("grouped", retries=1, backoff=FAST)
+    async def grouped(job: Any) -> Any:
+        if job.data["n"] == 1 and job.attempt == 1:
+            raise RuntimeError("once")  # its retry goes back through the group's gate
+        return job.data
+
+    return p
+
+
+async def drive_groups(app: App, target: Any) -> None:
+    handle = target.queue("parity")
+    await handle.pause()  # so that the jobs are all routed, and wait, before any runs
+    await app.publish(event(g="a"))
+    await app.publish(event(g="b"))
+    await app.settle()
+    assert (await handle.counts()).ready == 6  # one of each group in the stream, four waiting
+    waiting = await app.cancel("parity:2:2")  # b's last job waits its turn: removed at once
+    assert waiting.outcome == "cancelled"
+    await handle.resume()
+    await app.settle()
+    assert sorted(e.id for e in app.completed()) == [
+        "parity:1:0", "parity:1:1", "parity:1:2", "parity:2:0", "parity:2:1",
+    ]  # fmt: skip
+    assert (await handle.counts()).ready == 0
+
+
 SCENARIOS = {
     "happy path": Scenario(happy, drive_happy),
     "retries": Scenario(retries, drive_retries),
@@ -246,6 +279,7 @@ SCENARIOS = {
     "emit": Scenario(emit, drive_emit),
     "idempotent enqueue": Scenario(idempotent, drive_idempotent),
     "pause and resume": Scenario(paused, drive_paused),
+    "groups": Scenario(groups, drive_groups),
 }
 
 

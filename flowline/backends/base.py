@@ -42,6 +42,7 @@ class Running:
     attempt: int
     born: int = 0  # when its work began (ms): the stream message's stored time, or enqueue
     trace: str = ""  # the W3C traceparent its span continues, when tracing
+    group: str = ""  # its group (`Job.group`), whose slots it holds while in a ready stream
     task: asyncio.Task[None] | None = None
     settling: bool = False  # its failure is being recorded
     cancel: bool = False  # its cancel was asked for: it ends 'cancelled', whatever it does

@@ -77,6 +77,8 @@ class _Queue:
     # Rate windows: scope ('' the queue, else a topic) -> {member: start ms}.
     windows: dict[str, dict[str, int]] = field(default_factory=dict)
     blocked_until: int = 0  # ms: the queue's rate lets no job start before then
+    active: dict[str, int] = field(default_factory=dict)  # group -> its jobs in the streams
+    waiting: dict[str, collections.deque[str]] = field(default_factory=dict)  # group -> ids
 
     def __post_init__(self) -> None:
         for stream in (*self.keys.streams, self.keys.dead):
@@ -190,6 +192,51 @@ class MemoryStore(JobStore):
         q.pending.pop(job.key, None)
         q.held.pop(job.key, None)
 
+    @staticmethod
+    def _from_record(job_id: str, rec: dict[str, str]) -> Running:
+        """A job waiting on its record (delayed, or waiting in its group's list)."""
+        return Running(
+            "", "", job_id, rec["topic"], rec.get("data", "").encode(), int(rec.get("attempt", 1)),
+            int(rec.get("born") or 0), rec.get("trace", ""), group=rec.get("group", ""),
+        )  # fmt: skip
+
+    def _admit(self, queue: str, stream: str, job: Running, limit: int) -> None:
+        """Make a job ready: into `stream`, unless its group has `limit` jobs there already,
+        then it waits its turn in the group's list (as the GROUPS Lua does)."""
+        q = self._q(queue)
+        rec = self._record(queue, job.job_id)
+        if job.group and q.active.get(job.group, 0) >= limit:
+            if rec is not None:
+                rec.update(data=job.data.decode(), born=str(job.born), trace=job.trace,
+                           stream=stream, state="queued")  # fmt: skip
+            q.waiting.setdefault(job.group, collections.deque()).append(job.job_id)
+            return
+        if job.group:
+            q.active[job.group] = q.active.get(job.group, 0) + 1
+        if rec is not None:
+            for name in ("data", "born", "trace"):
+                rec.pop(name, None)
+        self._add(q, stream, job)
+
+    def _leave(self, queue: str, group: str) -> None:
+        """A job of `group` left the ready streams: its slot goes to the next waiting job."""
+        if not group:
+            return
+        q = self._q(queue)
+        waiting = q.waiting.get(group)
+        while waiting:
+            job_id = waiting.popleft()
+            rec = self._record(queue, job_id)
+            if rec is not None and rec.get("state") == "queued" and "data" in rec:
+                job = self._from_record(job_id, rec)
+                for name in ("data", "born", "trace"):
+                    rec.pop(name, None)
+                self._add(q, rec.get("stream") or q.keys.jobs, job)
+                return
+        q.active[group] = q.active.get(group, 0) - 1
+        if q.active[group] <= 0:
+            del q.active[group]
+
     # -- the contract ---------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -208,6 +255,8 @@ class MemoryStore(JobStore):
             q.cancels.pop(r.id, None)
             stream = q.keys.urgent if r.priority > 0 else q.keys.jobs
             born = r.born_ms or now_ms
+            if r.group:
+                self._write(queue, r.id, group=r.group, glimit=r.group_limit)
             if r.due_ms > 0:
                 self._write(
                     queue, r.id, state="delayed", topic=r.topic, data=r.data, attempt=1,
@@ -219,8 +268,10 @@ class MemoryStore(JobStore):
                     queue, r.id, state="queued", topic=r.topic, attempt=1, created=now_ms,
                     origin=r.origin,
                 )  # fmt: skip
-                job = Running("", "", r.id, r.topic, r.data.encode(), 1, born, r.trace)
-                self._add(q, stream, job)
+                job = Running(
+                    "", "", r.id, r.topic, r.data.encode(), 1, born, r.trace, group=r.group
+                )
+                self._admit(queue, stream, job, r.group_limit)
             added += 1
         self.changes += 1
         return added
@@ -258,11 +309,14 @@ class MemoryStore(JobStore):
     ) -> None:
         q = self._q(queue)
         for job, result in done:
+            held = job.key in q.pending  # completing twice hands on one group slot, not two
             self._settled(q, job)
             self._write(
                 queue, job.job_id, state="completed", result=result, finished=now_ms, progress=100
             )
             self._expire(queue, job.job_id, keep)
+            if held:
+                self._leave(queue, job.group)
         self.changes += 1
 
     async def fail(
@@ -285,11 +339,13 @@ class MemoryStore(JobStore):
         self.changes += 1
         if q.cancels.pop(job.job_id, None) is not None:
             self._cancelled(queue, job.job_id, now_ms, keep, error=error)
+            self._leave(queue, job.group)
             return CANCELLED
         if due_ms < 0:
             rec = self._write(queue, job.job_id, state="failed", error=error, finished=now_ms)
             rec.pop("data", None)
             self._expire(queue, job.job_id, keep)
+            self._leave(queue, job.group)
             entry = q.ids[q.keys.dead].next(now_ms)
             q.dead.append((entry, job.job_id, record))
             return entry
@@ -297,7 +353,10 @@ class MemoryStore(JobStore):
         self._write(queue, job.job_id, attempt=attempt, error=error)
         if due_ms == 0:
             self._write(queue, job.job_id, state="queued")
-            again = Running("", "", job.job_id, job.topic, job.data, attempt, job.born, job.trace)
+            again = Running(
+                "", "", job.job_id, job.topic, job.data, attempt, job.born, job.trace,
+                group=job.group,
+            )  # fmt: skip
             self._add(q, job.stream, again)
         else:
             self._write(
@@ -305,6 +364,7 @@ class MemoryStore(JobStore):
                 stream=job.stream, born=job.born, trace=job.trace,
             )  # fmt: skip
             q.delayed[job.job_id] = due_ms
+            self._leave(queue, job.group)  # back through the group's gate when due
         return ""
 
     async def promote(self, queue: str, now_ms: int, limit: int) -> tuple[int, int]:
@@ -313,14 +373,9 @@ class MemoryStore(JobStore):
         for _, job_id in due:
             rec = self._record(queue, job_id)
             if rec is not None and "topic" in rec:
-                job = Running(
-                    "", "", job_id, rec["topic"], rec.get("data", "").encode(),
-                    int(rec.get("attempt", 1)), int(rec.get("born") or 0), rec.get("trace", ""),
-                )  # fmt: skip
-                self._add(q, rec.get("stream") or q.keys.jobs, job)
+                job = self._from_record(job_id, rec)
                 rec["state"] = "queued"
-                for name in ("data", "born", "trace"):
-                    rec.pop(name, None)
+                self._admit(queue, rec.get("stream") or q.keys.jobs, job, int(rec.get("glimit", 0)))
             del q.delayed[job_id]
         if due:
             self.changes += 1
@@ -339,10 +394,7 @@ class MemoryStore(JobStore):
         for job in jobs:
             if job.key in q.pending:
                 self._settled(q, job)
-                again = Running(
-                    "", "", job.job_id, job.topic, job.data, job.attempt, job.born, job.trace
-                )
-                self._add(q, job.stream, again)
+                self._add(q, job.stream, _copy(job))
         self.changes += 1
 
     async def progress(self, queue: str, job_id: str, percent: float) -> None:
@@ -373,7 +425,13 @@ class MemoryStore(JobStore):
                 if job.job_id == job_id:
                     q.ready[stream].remove(job)
                     self._cancelled(queue, job_id, now_ms, keep)
+                    self._leave(queue, job.group)
                     return Cancellation("cancelled", state, topic)
+        waiting = q.waiting.get(rec.get("group", ""))
+        if waiting and job_id in waiting:
+            waiting.remove(job_id)
+            self._cancelled(queue, job_id, now_ms, keep)
+            return Cancellation("cancelled", state, topic)
         holder = next((q.pending[k] for k, j in q.held.items() if j.job_id == job_id), "")
         q.cancels[job_id] = now_ms
         return Cancellation("cancelling", holder, topic)
@@ -390,6 +448,7 @@ class MemoryStore(JobStore):
             return False
         self._settled(q, job)
         self._cancelled(queue, job.job_id, now_ms, keep)
+        self._leave(queue, job.group)
         self.changes += 1
         return True
 
@@ -426,6 +485,7 @@ class MemoryStore(JobStore):
                 attempt=job.attempt, stream=job.stream, born=job.born, trace=job.trace,
             )  # fmt: skip
             q.delayed[job.job_id] = due_ms
+            self._leave(queue, job.group)
         self.changes += 1
 
     async def clean(self, queue: str, state: str, before_ms: int) -> int:
@@ -512,6 +572,7 @@ class MemoryStore(JobStore):
     async def counts(self, queue: str) -> QueueCounts:
         q = self._q(queue)
         ready = sum(len(q.ready[s]) for s in q.keys.streams)
+        ready += sum(len(w) for w in q.waiting.values())
         return QueueCounts(ready, len(q.pending), len(q.delayed), len(q.dead))
 
     async def cron_mark(self, pipeline: str, topic: str) -> int | None:
@@ -535,8 +596,9 @@ class MemoryStore(JobStore):
 def _copy(job: Running) -> Running:
     """What a read hands out: the stored job's fields, never the stored object itself."""
     return Running(
-        job.stream, job.entry, job.job_id, job.topic, job.data, job.attempt, job.born, job.trace
-    )
+        job.stream, job.entry, job.job_id, job.topic, job.data, job.attempt, job.born, job.trace,
+        group=job.group,
+    )  # fmt: skip
 
 
 # -- streams ------------------------------------------------------------------------------------

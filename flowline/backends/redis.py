@@ -19,7 +19,7 @@ from ..runtime.enqueue import by_queue
 from ..runtime.inspect import STATS_BUCKET
 from ..runtime.keys import GROUP, QueueKeys, cron_key, fan_in_keys, stream_dead_letters
 from ..runtime.queues import QueueCounts
-from ..runtime.scripts import ENQUEUE, Scripts, flat
+from ..runtime.scripts import ENQUEUE, ENQUEUE_GROUPED, Scripts, flat
 from .base import CANCELLED, LOST, Cancellation, JobStore, Running
 from .clock import Clock, SystemClock
 
@@ -43,6 +43,7 @@ def from_entry(stream: str, entry: bytes, fields: dict[bytes, bytes]) -> Running
     """The job a ready stream's entry holds (entries written before `born` existed lack it)."""
     born = fields.get(b"born")
     trace = fields.get(b"trace")
+    group = fields.get(b"group")
     return Running(
         stream,
         entry.decode(),
@@ -52,12 +53,13 @@ def from_entry(stream: str, entry: bytes, fields: dict[bytes, bytes]) -> Running
         int(fields[b"attempt"]),
         int(born) if born else 0,
         trace.decode() if trace else "",
+        group=group.decode() if group else "",
     )
 
 
 def from_reclaim(stream: str, row: list[bytes]) -> Running:
     """The job of one row the RECLAIM script returns."""
-    entry, job_id, topic, data, attempt, born, trace = row
+    entry, job_id, topic, data, attempt, born, trace, group = row
     return Running(
         stream,
         entry.decode(),
@@ -67,37 +69,45 @@ def from_reclaim(stream: str, row: list[bytes]) -> Running:
         int(attempt),
         int(born or 0),
         trace.decode() if trace else "",
+        group=group.decode() if group else "",
     )
 
 
 def release_args(job: Running) -> tuple[str | bytes | int, ...]:
-    """The job's row of the RELEASE script's ARGV."""
-    return (job.entry, job.job_id, job.topic, job.data, job.attempt, job.born, job.trace)
+    """The job's row of the RELEASE (and DEFER) script's ARGV."""
+    return (job.entry, job.job_id, job.topic, job.data, job.attempt, job.born, job.trace, job.group)
 
 
 def enqueue_calls(
     queue: str, rows: Sequence[Planned], now_ms: int
-) -> list[tuple[list[str], list[str | int]]]:
-    """(KEYS, ARGV) of the ENQUEUE calls of `rows`: one per priority class."""
+) -> list[tuple[bool, list[str], list[str | int]]]:
+    """(grouped, KEYS, ARGV) of the enqueue calls of `rows`: one per priority class, and per
+    class one more for jobs with a group (ENQUEUE_GROUPED, when `grouped`)."""
     keys = QueueKeys(queue)
     now = str(now_ms)
-    by_stream: dict[str, list[str | int]] = {}
+    calls: dict[tuple[bool, str], list[str | int]] = {}
     for r in rows:
-        args = by_stream.get(keys.urgent if r.priority > 0 else keys.jobs)
+        stream = keys.urgent if r.priority > 0 else keys.jobs
+        args = calls.get((bool(r.group), stream))
         if args is None:
-            args = by_stream[keys.urgent if r.priority > 0 else keys.jobs] = [keys.job_prefix, now]
+            args = calls[(bool(r.group), stream)] = [keys.job_prefix, now]
         args += (r.id, r.topic, r.data, r.due_ms, r.origin, r.born_ms or now_ms, r.trace)
-    return [([stream, keys.delayed, keys.cancels], args) for stream, args in by_stream.items()]
+        if r.group:
+            args += (r.group, r.group_limit)
+    return [
+        (grouped, [stream, keys.delayed, keys.cancels], args)
+        for (grouped, stream), args in calls.items()
+    ]
 
 
 def write_sync(redis: SyncRedis, rows: list[Planned]) -> int:
     """`runtime.enqueue.write` for code that is not async (a Django view, a script)."""
-    script = redis.register_script(ENQUEUE)
+    scripts = {False: redis.register_script(ENQUEUE), True: redis.register_script(ENQUEUE_GROUPED)}
     now_ms = int(time.time() * 1000)
     return sum(
-        int(script(keys=keys, args=args))
-        for queue, group in by_queue(rows).items()
-        for keys, args in enqueue_calls(queue, group, now_ms)
+        int(scripts[grouped](keys=keys, args=args))
+        for queue, planned in by_queue(rows).items()
+        for grouped, keys, args in enqueue_calls(queue, planned, now_ms)
     )
 
 
@@ -139,8 +149,9 @@ class RedisStore(JobStore):
 
     async def enqueue(self, queue: str, rows: Sequence[Planned], now_ms: int) -> int:
         added = 0
-        for keys, args in enqueue_calls(queue, rows, now_ms):
-            added += int(await self.scripts.enqueue(keys=keys, args=args))
+        for grouped, keys, args in enqueue_calls(queue, rows, now_ms):
+            script = self.scripts.enqueue_grouped if grouped else self.scripts.enqueue
+            added += int(await script(keys=keys, args=args))
         return added
 
     async def read(self, queue: str, consumer: str, count: int, block: float) -> list[Running]:
@@ -198,15 +209,18 @@ class RedisStore(JobStore):
     async def complete(
         self, queue: str, done: Sequence[tuple[Running, str]], now_ms: int, keep: int
     ) -> None:
-        by_stream: dict[str, list[Any]] = {}
+        by_stream: dict[tuple[str, bool], list[Any]] = {}
         for job, encoded in done:
-            by_stream.setdefault(job.stream, []).extend((job.entry, job.job_id, encoded))
+            if job.group:  # its group's slot is handed on in the same call
+                row: tuple[Any, ...] = (job.entry, job.job_id, encoded, job.group)
+            else:
+                row = (job.entry, job.job_id, encoded)
+            by_stream.setdefault((job.stream, bool(job.group)), []).extend(row)
         keys = self._k(queue)
         stats = self._stats(queue)
-        for stream, rows in by_stream.items():
-            await self.scripts.complete(
-                keys=[stream, stats], args=[GROUP, keys.job_prefix, now_ms, keep, *rows]
-            )
+        for (stream, grouped), rows in by_stream.items():
+            script = self.scripts.complete_grouped if grouped else self.scripts.complete
+            await script(keys=[stream, stats], args=[GROUP, keys.job_prefix, now_ms, keep, *rows])
 
     async def fail(
         self,
@@ -239,6 +253,7 @@ class RedisStore(JobStore):
                 consumer,
                 job.born,
                 job.trace,
+                job.group,
             ],
         )
         if reply == b"lost":
@@ -311,7 +326,7 @@ class RedisStore(JobStore):
         keys = self._k(queue)
         done = await self.scripts.cancelled(
             keys=[job.stream, keys.cancels],
-            args=[GROUP, keys.job_prefix, now_ms, keep, consumer, job.entry, job.job_id],
+            args=[GROUP, keys.job_prefix, now_ms, keep, consumer, job.entry, job.job_id, job.group],
         )
         return bool(done)
 
@@ -419,7 +434,9 @@ class RedisStore(JobStore):
             running += sum(int(g["pending"]) for g in groups if g["name"] == GROUP.encode())
         delayed = int(await r.zcard(keys.delayed))
         dead = int(await r.xlen(keys.dead))
-        return QueueCounts(in_streams - running, running, delayed, dead)
+        # Jobs waiting in their group's list for a slot are ready too.
+        waiting = int(await r.get(keys.waiting) or 0)
+        return QueueCounts(in_streams - running + waiting, running, delayed, dead)
 
     async def cron_mark(self, pipeline: str, topic: str) -> int | None:
         last = await self.redis.get(cron_key(pipeline, topic))

@@ -33,6 +33,8 @@ class Planned(NamedTuple):
     priority: int = 0
     born_ms: int = 0
     trace: str = ""
+    group: str = ""  # '' for none
+    group_limit: int = 0  # its queue's `group_limit`, for a job with a group
 
 
 def plan(
@@ -78,11 +80,17 @@ def plan(
                 raise
         due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
-        rows.append(
-            Planned(
+        if job.group is None:
+            row = Planned(
                 topic.queue.name, job_id, job.topic, data, due, origin, job.priority, born_ms, trace
             )
-        )
+        else:
+            limit = topic.queue.options.group_limit
+            row = Planned(
+                topic.queue.name, job_id, job.topic, data, due, origin, job.priority, born_ms,
+                trace, job.group, limit,
+            )  # fmt: skip
+        rows.append(row)
     return rows
 
 

@@ -63,6 +63,7 @@ async def queue_states(redis: Redis, names: list[str]) -> dict[str, QueueState]:
         pipe.zcard(keys.delayed)
         pipe.xlen(keys.dead)
         pipe.exists(keys.paused)
+        pipe.get(keys.waiting)  # jobs of groups waiting for a slot: ready too
         for bucket in buckets:
             pipe.hmget(keys.stats(bucket), "completed", "failed")
     # A queue no worker has set up yet has no group: XPENDING's error then means 0.
@@ -70,11 +71,12 @@ async def queue_states(redis: Redis, names: list[str]) -> dict[str, QueueState]:
     if replies and all(isinstance(x, Exception) for x in replies):
         raise replies[0]
     out = {}
-    per = 7 + len(buckets)
+    per = 8 + len(buckets)
     for i, name in enumerate(names):
-        urgent_len, urgent_pending, jobs_len, jobs_pending, delayed, dead, paused, *stats = replies[
-            i * per : (i + 1) * per
-        ]
+        urgent_len, urgent_pending, jobs_len, jobs_pending, delayed, dead, paused, waiting = (
+            replies[i * per : i * per + 8]
+        )
+        stats = replies[i * per + 8 : (i + 1) * per]
         running = _pending(urgent_pending) + _pending(jobs_pending)
         completed = failed = 0
         for pair in stats:
@@ -83,7 +85,7 @@ async def queue_states(redis: Redis, names: list[str]) -> dict[str, QueueState]:
                 failed += int(pair[1] or 0)
         out[name] = QueueState(
             name=name,
-            ready=_int(urgent_len) + _int(jobs_len) - running,
+            ready=_int(urgent_len) + _int(jobs_len) - running + _int(waiting),
             running=running,
             delayed=_int(delayed),
             dead=_int(dead),
@@ -135,7 +137,7 @@ async def cron_marks(redis: Redis, crons: list[tuple[str, str]]) -> dict[tuple[s
 
 
 def _int(value: Any) -> int:
-    return 0 if isinstance(value, Exception) else int(value)
+    return 0 if isinstance(value, Exception) or value is None else int(value)
 
 
 def _pending(value: Any) -> int:

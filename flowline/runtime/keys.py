@@ -10,6 +10,9 @@ and the layout works unchanged on Redis Cluster.
     flowline:{q}:paused      set while the queue is paused: no process claims its jobs
     flowline:{q}:cancel      zset: job id -> when its cancel was asked (ms), for held jobs
     flowline:{q}:rate[:<t>]  zset: the queue's (or topic t's) job starts in its rate's window
+    flowline:{q}:active      hash: group -> its jobs in the ready streams (at most its limit)
+    flowline:{q}:group:<g>   list: ids of group g's jobs waiting for a slot, oldest first
+    flowline:{q}:waiting     how many jobs wait in all the groups' lists
     flowline:{q}:job:<id>    hash: state, topic, attempt, progress, result, error, timestamps
     flowline:{q}:stats:<n>   hash: jobs completed / failed in the n-th 10-second window
 """
@@ -63,6 +66,17 @@ class QueueKeys:
     def rate(self, topic: str = "") -> str:
         """The window of the queue's rate, or of topic `topic`'s."""
         return self.prefix + ("rate:" + topic if topic else "rate")
+
+    @property
+    def active(self) -> str:
+        return self.prefix + "active"
+
+    @property
+    def waiting(self) -> str:
+        return self.prefix + "waiting"
+
+    def group(self, group: str) -> str:
+        return self.prefix + "group:" + group
 
     @property
     def job_prefix(self) -> str:

@@ -51,14 +51,20 @@ class QueueHandle:
         return self.queue.name
 
     async def enqueue(
-        self, topic: str, data: Any = None, *, key: str | None = None, delay: float | None = None
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+        group: str | None = None,
     ) -> str:
         """Enqueue a job of `topic` (which must belong to this queue); returns its id."""
         from ..errors import PipelineError
 
         if self.pipeline.queue_for(topic) is not self.queue:
             raise PipelineError(f"topic {topic!r} does not belong to Queue({self.name!r})")
-        return await self.pipeline.enqueue(topic, data, key=key, delay=delay)
+        return await self.pipeline.enqueue(topic, data, key=key, delay=delay, group=group)
 
     async def job(self, job_id: str) -> JobInfo | None:
         """The job's record, or None when there is none (never existed, or expired).

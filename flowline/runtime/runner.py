@@ -323,12 +323,13 @@ class Runner:
         key: str | None = None,
         delay: float | None = None,
         priority: int = 0,
+        group: str | None = None,
     ) -> str:
         """Put one job on its queue without a stream; returns its id.
 
         With `key`, enqueueing the same key again (a retried HTTP request) is a no-op.
         """
-        job = Job(topic, data, delay=delay, key=key, priority=priority)
+        job = Job(topic, data, delay=delay, key=key, priority=priority, group=group)
         tracing = get_tracing()
         trace = tracing.traceparent() if tracing is not None else ""
         rows = direct(pipeline, job, trace=trace, now=self.store.clock.time())

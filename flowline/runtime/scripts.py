@@ -53,6 +53,88 @@ end
 return added
 """
 
+
+# Groups (`Job(group=...)`, `Queue(group_limit=)`): at most `glimit` jobs of one group are in
+# the queue's ready streams (ready or held) at once, across every process; the rest wait, in
+# order, in the group's list. So a job of a quiet group waits behind at most that many of a
+# busy group's. Every script through which a grouped job enters or leaves the streams uses
+# these; a job's `group` travels in its stream entry, its `glimit` on its record. The group's
+# keys share the queue's hash tag (derived from the job key prefix, as job hashes are).
+GROUPS = """
+local function g_keys(jp, g)
+  local qp = string.sub(jp, 1, #jp - 4)
+  return qp .. 'active', qp .. 'group:' .. g, qp .. 'waiting'
+end
+-- A job of group g left the ready streams: its slot goes to the group's next waiting job.
+local function g_leave(jp, g)
+  local active, list, waiting = g_keys(jp, g)
+  local nxt = redis.call('LPOP', list)
+  while nxt do
+    redis.call('DECR', waiting)
+    local key = jp .. nxt
+    local f = redis.call('HMGET', key, 'topic', 'data', 'attempt', 'stream', 'born', 'trace',
+      'state')
+    if f[1] and f[7] == 'queued' and f[2] then
+      local e = redis.call('XADD', f[4], '*', 'id', nxt, 'topic', f[1], 'data', f[2],
+        'attempt', f[3], 'born', f[5] or '0', 'trace', f[6] or '', 'group', g)
+      redis.call('HSET', key, 'entry', e)
+      redis.call('HDEL', key, 'data', 'born', 'trace')
+      return
+    end
+    nxt = redis.call('LPOP', list)
+  end
+  if redis.call('HINCRBY', active, g, -1) <= 0 then redis.call('HDEL', active, g) end
+end
+-- A job of group g is ready: into `stream` if the group has room, else it waits its turn.
+local function g_admit(jp, id, g, limit, stream, topic, data, attempt, born, trace)
+  local active, list, waiting = g_keys(jp, g)
+  local key = jp .. id
+  if tonumber(redis.call('HGET', active, g) or '0') < tonumber(limit) then
+    redis.call('HINCRBY', active, g, 1)
+    local e = redis.call('XADD', stream, '*', 'id', id, 'topic', topic, 'data', data,
+      'attempt', attempt, 'born', born, 'trace', trace, 'group', g)
+    redis.call('HSET', key, 'state', 'queued', 'stream', stream, 'entry', e)
+    redis.call('HDEL', key, 'data', 'born', 'trace')
+  else
+    redis.call('HSET', key, 'state', 'queued', 'stream', stream, 'topic', topic, 'data', data,
+      'attempt', attempt, 'born', born, 'trace', trace)
+    redis.call('HDEL', key, 'entry')
+    redis.call('RPUSH', list, id)
+    redis.call('INCR', waiting)
+  end
+end
+"""
+
+# KEYS: ready stream, delayed zset, cancel requests zset. ARGV: job key prefix, now ms, then per
+# job: id, topic, data, due ms, origin, born ms, traceparent, group, group limit. ENQUEUE for
+# jobs with a group (ENQUEUE itself stays as it was for the rest). Returns how many were new.
+ENQUEUE_GROUPED = (
+    GROUPS
+    + """
+local jp, now, added = ARGV[1], ARGV[2], 0
+local requests = redis.call('EXISTS', KEYS[3]) == 1
+for i = 3, #ARGV, 9 do
+  local id = ARGV[i]
+  local key = jp .. id
+  if redis.call('EXISTS', key) == 0 then
+    if requests then redis.call('ZREM', KEYS[3], id) end
+    local g, limit = ARGV[i + 7], ARGV[i + 8]
+    redis.call('HSET', key, 'topic', ARGV[i + 1], 'attempt', 1, 'created', now,
+      'origin', ARGV[i + 4], 'group', g, 'glimit', limit)
+    if tonumber(ARGV[i + 3]) > 0 then
+      redis.call('HSET', key, 'state', 'delayed', 'data', ARGV[i + 2], 'stream', KEYS[1],
+        'born', ARGV[i + 5], 'trace', ARGV[i + 6])
+      redis.call('ZADD', KEYS[2], ARGV[i + 3], id)
+    else
+      g_admit(jp, id, g, limit, KEYS[1], ARGV[i + 1], ARGV[i + 2], 1, ARGV[i + 5], ARGV[i + 6])
+    end
+    added = added + 1
+  end
+end
+return added
+"""
+)
+
 # KEYS: a ready stream, the queue's stats hash of this time window (optional). ARGV: group, job
 # key prefix, now ms, keep seconds, then per job: entry id, job id, result json.
 COMPLETE = """
@@ -75,16 +157,48 @@ end
 return 1
 """
 
+# As COMPLETE, for jobs of groups: ARGV rows are entry id, job id, result json, group; each
+# job's group slot goes to its next waiting job. Entry by entry: only a job whose entry this
+# call acknowledged gives a slot back, so completing twice (a reply lost, the call sent again)
+# hands on one slot, not two.
+COMPLETE_GROUPED = (
+    GROUPS
+    + """
+local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = 0
+for i = 5, #ARGV, 4 do
+  local key = prefix .. ARGV[i + 1]
+  local acked = redis.call('XACK', KEYS[1], group, ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished', now,
+    'progress', 100)
+  redis.call('EXPIRE', key, keep)
+  if acked == 1 then
+    n = n + 1
+    g_leave(prefix, ARGV[i + 3])
+  end
+end
+if KEYS[2] and n > 0 then
+  redis.call('HINCRBY', KEYS[2], 'completed', n)
+  redis.call('EXPIRE', KEYS[2], 180)
+end
+return 1
+"""
+)
+
 # KEYS: the job's ready stream, delayed zset, dead stream, cancel requests zset, the queue's
 # stats hash of this time window (optional). ARGV: group, job key prefix, now ms, keep s, entry
 # id, job id, topic, data, next attempt, due ms (-1 = dead letter, 0 = now), error, dead-letter
-# record json, consumer, born ms, traceparent.
+# record json, consumer, born ms, traceparent, group ('' or absent: none).
 # Does nothing (returns 'lost') unless `consumer` still holds the entry: so a call repeated
 # after its reply was lost, or sent by a worker whose job was taken over, adds no second copy.
 # A job whose cancel was requested while this attempt ran ends 'cancelled' instead: neither
 # retried nor dead-lettered.
-FAIL = """
+FAIL = (
+    GROUPS
+    + """
 local group, prefix, now, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local g = ARGV[16] or ''
 local eid, id, topic, data, attempt, due = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
   tonumber(ARGV[10])
 local key = prefix .. id
@@ -98,6 +212,7 @@ if redis.call('ZREM', KEYS[4], id) == 1 then
   redis.call('HSET', key, 'state', 'cancelled', 'error', ARGV[11], 'finished', now)
   redis.call('HDEL', key, 'data', 'born', 'trace')
   redis.call('EXPIRE', key, keep)
+  if g ~= '' then g_leave(prefix, g) end
   return 'cancelled'
 end
 if KEYS[5] then
@@ -108,41 +223,58 @@ if due < 0 then
   redis.call('HSET', key, 'state', 'failed', 'error', ARGV[11], 'finished', now)
   redis.call('HDEL', key, 'data')
   redis.call('EXPIRE', key, keep)
+  if g ~= '' then g_leave(prefix, g) end
   return redis.call('XADD', KEYS[3], '*', 'id', id, 'record', ARGV[12])
 end
 redis.call('HSET', key, 'attempt', attempt, 'error', ARGV[11])
 if due == 0 then
-  local e = redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data,
-    'attempt', attempt, 'born', ARGV[14], 'trace', ARGV[15])
+  local e
+  if g ~= '' then
+    e = redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data,
+      'attempt', attempt, 'born', ARGV[14], 'trace', ARGV[15], 'group', g)
+  else
+    e = redis.call('XADD', KEYS[1], '*', 'id', id, 'topic', topic, 'data', data,
+      'attempt', attempt, 'born', ARGV[14], 'trace', ARGV[15])
+  end
   redis.call('HSET', key, 'state', 'queued', 'stream', KEYS[1], 'entry', e)
 else
   redis.call('HSET', key, 'state', 'retrying', 'data', data, 'topic', topic, 'stream', KEYS[1],
     'born', ARGV[14], 'trace', ARGV[15])
   redis.call('ZADD', KEYS[2], due, id)
+  if g ~= '' then g_leave(prefix, g) end  -- back through the group's gate when due
 end
 return ''
 """
+)
 
 # KEYS: jobs stream, delayed zset. ARGV: job key prefix, now ms, limit.
 # Moves due jobs to their ready stream; returns {moved, next due ms or -1}.
-PROMOTE = """
+PROMOTE = (
+    GROUPS
+    + """
 local prefix = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local key = prefix .. id
-  local f = redis.call('HMGET', key, 'topic', 'data', 'attempt', 'stream', 'born', 'trace')
+  local f = redis.call('HMGET', key, 'topic', 'data', 'attempt', 'stream', 'born', 'trace',
+    'group', 'glimit')
   if f[1] then
     local stream = f[4] or KEYS[1]
-    local e = redis.call('XADD', stream, '*', 'id', id, 'topic', f[1], 'data', f[2],
-      'attempt', f[3], 'born', f[5] or '0', 'trace', f[6] or '')
-    redis.call('HSET', key, 'state', 'queued', 'stream', stream, 'entry', e)
-    redis.call('HDEL', key, 'data', 'born', 'trace')
+    if f[7] and f[7] ~= '' then
+      g_admit(prefix, id, f[7], f[8] or '1', stream, f[1], f[2], f[3], f[5] or '0', f[6] or '')
+    else
+      local e = redis.call('XADD', stream, '*', 'id', id, 'topic', f[1], 'data', f[2],
+        'attempt', f[3], 'born', f[5] or '0', 'trace', f[6] or '')
+      redis.call('HSET', key, 'state', 'queued', 'stream', stream, 'entry', e)
+      redis.call('HDEL', key, 'data', 'born', 'trace')
+    end
   end
   redis.call('ZREM', KEYS[2], id)
 end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#ids, nxt[2] or '-1'}
 """
+)
 
 # KEYS: a ready stream, the queue's paused flag. ARGV: group, consumer, min idle ms, count,
 # job key prefix.
@@ -151,7 +283,7 @@ return {#ids, nxt[2] or '-1'}
 # XPENDING IDLE looks through the whole pending list for abandoned entries, so every one is
 # found on the first call after its claim expired (XAUTOCLAIM examines only 10 x COUNT entries
 # per call: with COUNT = free slots, a long pending list took many calls to get through).
-# Returns {{entry id, job id, topic, data, attempt, born, trace}...}.
+# Returns {{entry id, job id, topic, data, attempt, born, trace, group}...}.
 RECLAIM = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local out = {}
@@ -165,7 +297,7 @@ for _, p in ipairs(idle) do
     if f.id then
       local attempt = redis.call('HINCRBY', ARGV[5] .. f.id, 'attempt', 1)
       table.insert(out, {e[1], f.id, f.topic, f.data, tostring(attempt), f.born or '0',
-        f.trace or ''})
+        f.trace or '', f.group or ''})
     end
   end
 end
@@ -188,14 +320,21 @@ return lost
 """
 
 # KEYS: a ready stream. ARGV: group, job key prefix, then per job: entry id, job id, topic,
-# data, attempt, born, trace. Hands unfinished jobs back on shutdown: same job, new entry,
-# readable at once.
+# data, attempt, born, trace, its group ('' for none). Hands unfinished jobs back on shutdown:
+# same job, new entry, readable at once (a grouped job keeps its group's slot).
 RELEASE = """
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     redis.call('XDEL', KEYS[1], ARGV[i])
-    local e = redis.call('XADD', KEYS[1], '*', 'id', ARGV[i + 1], 'topic', ARGV[i + 2],
-      'data', ARGV[i + 3], 'attempt', ARGV[i + 4], 'born', ARGV[i + 5], 'trace', ARGV[i + 6])
+    local e
+    if ARGV[i + 7] ~= '' then
+      e = redis.call('XADD', KEYS[1], '*', 'id', ARGV[i + 1], 'topic', ARGV[i + 2],
+        'data', ARGV[i + 3], 'attempt', ARGV[i + 4], 'born', ARGV[i + 5], 'trace', ARGV[i + 6],
+        'group', ARGV[i + 7])
+    else
+      e = redis.call('XADD', KEYS[1], '*', 'id', ARGV[i + 1], 'topic', ARGV[i + 2],
+        'data', ARGV[i + 3], 'attempt', ARGV[i + 4], 'born', ARGV[i + 5], 'trace', ARGV[i + 6])
+    end
     redis.call('HSET', ARGV[2] .. ARGV[i + 1], 'stream', KEYS[1], 'entry', e)
   end
 end
@@ -222,9 +361,12 @@ return redis.call('XDEL', KEYS[2], ARGV[3])
 # requests of the jobs it holds); so does a ready job whose record predates `entry`. Requests
 # are pruned after a day. Returns {outcome, detail, topic}: {'cancelled', state it was in},
 # {'cancelling', holder or ''}, {'finished', state}, {'unknown', ''}.
-CANCEL = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'stream', 'entry', 'topic')
-local state, topic = f[1], f[4] or ''
+CANCEL = (
+    GROUPS
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'stream', 'entry', 'topic', 'group')
+local state, topic, g = f[1], f[4] or '', f[5] or ''
+local jp = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[2])
 if not state then return {'unknown', '', ''} end
 if state == 'completed' or state == 'failed' or state == 'cancelled' then
   return {'finished', state, topic}
@@ -248,6 +390,14 @@ if stream and f[3] then
   if type(p) == 'table' and not p.err and p[1] then
     holder = p[1][2]
   elseif redis.call('XDEL', stream, f[3]) == 1 then
+    if g ~= '' then g_leave(jp, g) end
+    return cancelled()
+  end
+elseif g ~= '' then
+  -- waiting in its group's list, not in a stream yet
+  local _, list, waiting = g_keys(jp, g)
+  if redis.call('LREM', list, 0, ARGV[2]) > 0 then
+    redis.call('DECR', waiting)
     return cancelled()
   end
 end
@@ -255,11 +405,14 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[3]) - 86400000)
 return {'cancelling', holder, topic}
 """
+)
 
 # KEYS: a ready stream, cancel requests zset. ARGV: group, job key prefix, now ms, keep s,
-# consumer, entry id, job id. Ends a job `consumer` holds as 'cancelled'; 0 (nothing changed)
-# when it no longer holds it.
-CANCELLED = """
+# consumer, entry id, job id, its group ('' for none). Ends a job `consumer` holds as
+# 'cancelled'; 0 (nothing changed) when it no longer holds it.
+CANCELLED = (
+    GROUPS
+    + """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[6], ARGV[6], 1)
 if not p[1] or p[1][2] ~= ARGV[5] then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[6])
@@ -269,8 +422,10 @@ redis.call('HSET', key, 'state', 'cancelled', 'finished', ARGV[3])
 redis.call('HDEL', key, 'data', 'born', 'trace')
 redis.call('EXPIRE', key, ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[7])
+if ARGV[8] and ARGV[8] ~= '' then g_leave(ARGV[2], ARGV[8]) end
 return 1
 """
+)
 
 
 # Rate limits (`JobStore.take`): KEYS: the scope's window, a zset of recent starts (member ->
@@ -301,11 +456,13 @@ return {k, math.max(1, tonumber(oldest[2] or now) + period - now)}
 """
 
 # KEYS: a ready stream, delayed zset. ARGV: group, job key prefix, due ms, consumer, then per
-# job: entry id, job id, topic, data, attempt, born, trace. Puts held jobs back to wait until
+# job: entry id, job id, topic, data, attempt, born, trace, group. Puts held jobs back to wait until
 # `due` (their topic's rate is used up), attempt unchanged; jobs `consumer` no longer holds
 # are left alone.
-DEFER = """
-for i = 5, #ARGV, 7 do
+DEFER = (
+    GROUPS
+    + """
+for i = 5, #ARGV, 8 do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[4] then
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
@@ -314,10 +471,12 @@ for i = 5, #ARGV, 7 do
       'data', ARGV[i + 3], 'attempt', ARGV[i + 4], 'stream', KEYS[1], 'born', ARGV[i + 5],
       'trace', ARGV[i + 6])
     redis.call('ZADD', KEYS[2], ARGV[3], ARGV[i + 1])
+    if ARGV[i + 7] ~= '' then g_leave(ARGV[2], ARGV[i + 7]) end
   end
 end
 return 1
 """
+)
 
 # Clean (`JobStore.clean`): KEYS: job hashes. ARGV: state, finished before (ms). Deletes the
 # records in that state that finished before then; a record in any other state (a job still
@@ -362,6 +521,8 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.enqueue: AsyncScript = redis.register_script(ENQUEUE)
         self.complete: AsyncScript = redis.register_script(COMPLETE)
+        self.complete_grouped: AsyncScript = redis.register_script(COMPLETE_GROUPED)
+        self.enqueue_grouped: AsyncScript = redis.register_script(ENQUEUE_GROUPED)
         self.fail: AsyncScript = redis.register_script(FAIL)
         self.promote: AsyncScript = redis.register_script(PROMOTE)
         self.reclaim: AsyncScript = redis.register_script(RECLAIM)

@@ -116,6 +116,7 @@ class App:
         key: str | None = None,
         delay: float | None = None,
         priority: int = 0,
+        group: str | None = None,
     ) -> str:
         """Enqueue a job of `topic` directly (as `Pipeline.enqueue`); returns its id.
 
@@ -126,7 +127,7 @@ class App:
         if not owners:
             raise PipelineError(f"no pipeline here dequeues topic {topic!r} ({self._topics()})")
         return await self.runner.enqueue(
-            owners[0], topic, data, key=key, delay=delay, priority=priority
+            owners[0], topic, data, key=key, delay=delay, priority=priority, group=group
         )
 
     def fail(
