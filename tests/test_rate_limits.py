@@ -130,3 +130,30 @@ async def started_workers(worker: Any, n: int) -> None:
 async def _starts(redis: Any, n: int) -> list[dict[str, Any]] | None:
     rows = [json.loads(x) for x in await redis.lrange("test:starts", 0, -1)]
     return rows if len(rows) >= n else None
+
+
+async def test_a_killed_worker_loses_no_job_and_the_rate_still_holds(
+    worker: Any, redis: Any, settings: Settings
+) -> None:
+    """One of two processes is SIGKILLed mid-run: the jobs it held are reclaimed and run, and
+    the survivor keeps to the queue's rate, which lives in Redis."""
+    procs = [worker(TARGET, "--concurrency", "10") for _ in range(2)]
+    for proc in procs:
+        await proc.ready()
+    async with connect(limited.pipeline, settings):
+        ids = [await limited.pipeline.enqueue("work", {"n": n}) for n in range(60)]
+        await eventually(lambda: _starts(redis, 25), timeout=30)
+        procs[0].kill()
+        rows = await eventually(lambda: _all_started(redis, set(ids)), timeout=40)
+        await eventually(lambda: _completed(redis, ids), timeout=10)  # every job, once done
+    assert most_in_any_window([r["t"] for r in rows], 0.9) <= limited.QUEUE_RATE.limit
+
+
+async def _all_started(redis: Any, ids: set[str]) -> list[dict[str, Any]] | None:
+    rows = [json.loads(x) for x in await redis.lrange("test:starts", 0, -1)]
+    return rows if ids <= {r["id"] for r in rows} else None
+
+
+async def _completed(redis: Any, ids: list[str]) -> bool:
+    states = [await redis.hget(f"flowline:{{limited}}:job:{i}", "state") for i in ids]
+    return set(states) == {b"completed"}

@@ -15,7 +15,11 @@ from flowline import JobContext, Queue, Rate, Route, Stream
 QUEUE_RATE = Rate(20, per=1.0)
 API_RATE = Rate(5, per=1.0)
 
-pipeline = Stream("limited", json.loads) >> Route(lambda e: []) >> Queue("limited", rate=QUEUE_RATE)
+pipeline = (
+    Stream("limited", json.loads)
+    >> Route(lambda e: [])
+    >> Queue("limited", rate=QUEUE_RATE, visibility_timeout=2)
+)
 _redis: Redis | None = None
 
 
