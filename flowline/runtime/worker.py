@@ -207,8 +207,7 @@ class QueueWorker:
         rate = self._rate
         if rate is None:
             return wanted, ""
-        self._takes += 1
-        token = f"{self.consumer}:{self._takes}:"
+        token = self._token()
         try:
             granted, delay = await self.store.take(
                 self.name, "", wanted, rate.limit, rate.per, token
@@ -221,6 +220,11 @@ class QueueWorker:
         if not granted and wait:
             await self._pause(min(delay, 1.0))
         return granted, token
+
+    def _token(self) -> str:
+        """A name for one take's starts, unique to it (`JobStore.give_back` finds them by it)."""
+        self._takes += 1
+        return f"{self.consumer}:{self._takes}:"
 
     async def _give_back(self, token: str, granted: int, used: int) -> None:
         """Return the queue's rate starts a take granted and no job used."""
@@ -246,12 +250,10 @@ class QueueWorker:
                 go.append(job)
         for topic, held in limited.items():
             rate = self._topic_rates[topic]
-            self._takes += 1
-            token = f"{self.consumer}:{self._takes}:"
             granted = 0
             try:
                 granted, wait = await self.store.take(
-                    self.name, topic, len(held), rate.limit, rate.per, token
+                    self.name, topic, len(held), rate.limit, rate.per, self._token()
                 )
                 if granted < len(held):
                     due = int((self.clock.time() + wait) * 1000)
