@@ -173,6 +173,20 @@ class TestOneJob:
         assert done is not None
         assert done.message == SourceMessage("recorder", 1, "recorder")
 
+    async def test_a_record_that_names_no_entry_is_still_found_running(self, redis: Any) -> None:
+        """Records written before they named their entry: the holder comes from a scan."""
+        from flowline.runtime import jobs as inspection
+        from flowline.runtime.keys import GROUP
+
+        q = QueueKeys("recorder")
+        await redis.xgroup_create(q.jobs, GROUP, id="0", mkstream=True)
+        await redis.hset(q.job("old-1"), mapping={"state": "queued", "topic": "record",
+                                                  "attempt": 1, "created": 1})  # fmt: skip
+        await redis.xadd(q.jobs, {"id": "old-1", "topic": "record", "data": "{}", "attempt": 1})
+        await redis.xreadgroup(GROUP, "old-worker", {q.jobs: ">"}, count=1)
+        [found] = await inspection.find(redis, {"recorder": {}}, "old-1")
+        assert (found.state, found.running_on) == ("running", "old-worker")
+
 
 class TestListing:
     async def test_each_state_lists_its_jobs(

@@ -1,11 +1,13 @@
 """Job inspection: one job by id, or the jobs of some queues in one state. Reads Redis only.
 
 A job's record (`keys.QueueKeys.job`) says ``queued`` while the job runs: whether a worker
-holds it is known only from the queue's consumer group, where its entry is pending. A lookup
-by id asks every given queue at once (an id alone does not say which queue its topic belongs
-to): one pipelined round trip of one read-only script per queue, which returns the record, the
-consumer holding the job's entry, and when a delayed job is due. A failed job's traceback is
-kept in its dead letter, read in a second round trip only for failed jobs.
+holds it is known only from the queue's consumer group, where its entry is pending (the
+record names the entry; records written before it did are found by a scan of the pending
+entries). A lookup by id asks every given queue at once (an id alone does not say which queue
+its topic belongs to): one pipelined round trip of one read-only script per queue, which
+returns the record, the consumer holding the job's entry, and when a delayed job is due. A
+failed job's traceback is kept in its dead letter, read in a second round trip only for failed
+jobs.
 
 The documents of ``flowline jobs --json`` (`job_document`, `letter_document`); keys are stable,
 times are epoch seconds, absent values are null::
@@ -69,13 +71,19 @@ local function holder(stream)
   return nil
 end
 local h = redis.call('HGETALL', KEYS[1])
-local state = ''
-for i = 1, #h, 2 do
-  if h[i] == 'state' then state = h[i + 1] end
-end
+local f = {}
+for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+local state = f.state or ''
 local by, due = '', ''
 if state == 'queued' then
-  by = holder(KEYS[2]) or holder(KEYS[3]) or ''
+  if f.entry and (f.stream == KEYS[2] or f.stream == KEYS[3]) then
+    -- The record names its entry: is that entry pending, and with whom?
+    local p = redis.pcall('XPENDING', f.stream, ARGV[1], f.entry, f.entry, 1)
+    if type(p) == 'table' and not p.err and p[1] then by = p[1][2] end
+  elseif not f.group then
+    -- A record from before records named their entry: look through the pending entries.
+    by = holder(KEYS[2]) or holder(KEYS[3]) or ''
+  end  -- else a job of a group waiting for a slot, in no stream yet
 elseif state == 'delayed' or state == 'retrying' then
   due = redis.call('ZSCORE', KEYS[4], ARGV[2]) or ''
 end
