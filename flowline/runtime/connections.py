@@ -57,7 +57,7 @@ async def connect_nats(settings: Settings) -> NATS:
 
 
 async def connect_redis(
-    settings: Settings, max_connections: int = 32, *, check: bool = True
+    settings: Settings, max_connections: int = 32, *, check: bool = True, name: str = "flowline"
 ) -> Redis:
     """A Redis client, checked with PING so a wrong URL fails at start, not mid-stream.
 
@@ -67,6 +67,9 @@ async def connect_redis(
     Its pool is a blocking one: past `max_connections` (or ``settings.redis_max_connections``)
     a command waits for a free connection instead of failing, so no number of queues, handlers
     or concurrent enqueues can make flowline's own Redis calls fail for want of connections.
+
+    Every connection carries `name` (``CLIENT SETNAME``), so ``CLIENT LIST`` tells which
+    process holds which connections; a ``client_name`` in ``redis_options`` wins.
     """
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -75,7 +78,7 @@ async def connect_redis(
         health_check_interval=10,
         socket_keepalive=True,
         retry_on_timeout=True,
-        **settings.redis_connect_options(),
+        **{"client_name": name, **settings.redis_connect_options()},
     )
     redis = Redis.from_pool(pool)
     if check:

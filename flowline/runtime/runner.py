@@ -130,7 +130,9 @@ class Runner:
         # A runner that runs nothing (`connect`, `flowline publish`) connects to Redis when it
         # first enqueues or reads, so a producer that only publishes runs without Redis.
         if self._given_store is None:
-            self.redis = await connect_redis(s, self._pool_size(), check=bool(parts))
+            self.redis = await connect_redis(
+                s, self._pool_size(), check=bool(parts), name=f"flowline:{self._consumer}"
+            )
             self.store = RedisStore(self.redis)
         if self.redis is not None and parts and s.events_retention:
             # Attached before any loop runs, so their first events are recorded too.
