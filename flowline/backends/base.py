@@ -351,8 +351,9 @@ class StreamSource:
         """Release connections."""
         raise NotImplementedError
 
-    async def ensure(self, subject: str) -> str:
-        """The name of the stream that captures `subject`, creating one if none does."""
+    async def ensure(self, subject: str, replicas: int | None = None) -> str:
+        """The name of the stream that captures `subject`, creating one if none does; with
+        `replicas`, the stream keeps that many copies on a clustered server."""
         raise NotImplementedError
 
     async def publish(

@@ -16,6 +16,7 @@ import nats.js.errors
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from ..errors import ConfigurationError
 from .base import Consumer, StreamSource
 
 if TYPE_CHECKING:
@@ -29,26 +30,58 @@ def stream_name_for(subject: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", subject)
 
 
-async def ensure_stream(js: JetStreamContext, subject: str) -> str:
-    """The name of the stream capturing `subject`, creating a file-backed one if none does."""
+async def ensure_stream(js: JetStreamContext, subject: str, replicas: int | None = None) -> str:
+    """The name of the stream capturing `subject`, creating a file-backed one if none does.
+
+    With `replicas`, the stream is created with that many copies, and an existing one with
+    another count is changed to it (JetStream moves a stream's copies online); without, an
+    existing stream keeps the server's count and a new one has one copy.
+    """
     try:
-        return str(await js.find_stream_name_by_subject(subject))
+        name = str(await js.find_stream_name_by_subject(subject))
     except nats.js.errors.NotFoundError:
         name = stream_name_for(subject)
+        config = StreamConfig(
+            name=name,
+            subjects=[subject],
+            storage=StorageType.FILE,
+            duplicate_window=120.0,
+            num_replicas=replicas or 1,
+        )
         try:
-            await js.add_stream(
-                StreamConfig(
-                    name=name,
-                    subjects=[subject],
-                    storage=StorageType.FILE,
-                    duplicate_window=120.0,
-                )
-            )
-        except nats.js.errors.BadRequestError:
-            # Another flowline process created it between our lookup and our create.
-            return str(await js.find_stream_name_by_subject(subject))
-        log.info("created stream", stream=name, subject=subject)
-        return name
+            await js.add_stream(config)
+        except nats.js.errors.APIError as exc:
+            try:
+                # Another flowline process created it between our lookup and our create...
+                name = str(await js.find_stream_name_by_subject(subject))
+            except nats.js.errors.NotFoundError:
+                # ...or the server refused it (replicas on a server that is not clustered).
+                raise ConfigurationError(
+                    f"cannot create stream {name!r}: {exc.description}"
+                ) from None
+        else:
+            log.info("created stream", stream=name, subject=subject, replicas=replicas or 1)
+            return name
+    if replicas is not None:
+        await _settle_replicas(js, name, replicas)
+    return name
+
+
+async def _settle_replicas(js: JetStreamContext, name: str, replicas: int) -> None:
+    """Bring an existing stream's replica count to the stage's, or say why it stays."""
+    info = await js.stream_info(name)
+    have = info.config.num_replicas or 1
+    if have == replicas:
+        return
+    try:
+        await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+    except nats.js.errors.Error as exc:
+        log.warning(
+            "stream replicas differ from the Stream's; the server refused the update",
+            stream=name, server=have, stage=replicas, error=str(exc),
+        )  # fmt: skip
+    else:
+        log.info("stream replicas updated to the Stream's", stream=name, was=have, now=replicas)
 
 
 # The consumer settings a stage decides, compared with the server's at every start (`settle`)
@@ -101,8 +134,8 @@ class JetStreamSource(StreamSource):
     async def close(self) -> None:
         """Nothing: the runner owns the connection."""
 
-    async def ensure(self, subject: str) -> str:
-        return await ensure_stream(await self._connect(), subject)
+    async def ensure(self, subject: str, replicas: int | None = None) -> str:
+        return await ensure_stream(await self._connect(), subject, replicas)
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None

@@ -783,8 +783,8 @@ class MemorySource(StreamSource):
             stream = self._streams[subject] = _Stream(stream_name_for(subject), subject)
         return stream
 
-    async def ensure(self, subject: str) -> str:
-        return self._stream(subject).name
+    async def ensure(self, subject: str, replicas: int | None = None) -> str:
+        return self._stream(subject).name  # one process's memory: a single copy whatever asked
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None

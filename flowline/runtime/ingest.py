@@ -78,7 +78,7 @@ class StreamIngest:
 
     async def setup(self) -> None:
         """Create the stream (if no stream captures the subject) and the durable consumer."""
-        self.stream_name = await self.source.ensure(self.stream.subject)
+        self.stream_name = await self.source.ensure(self.stream.subject, self.stream.replicas)
         self.sub = await self.source.consumer(
             self.stream_name,
             self.stream.subject,

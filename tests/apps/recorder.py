@@ -3,7 +3,7 @@
 Events are JSON: ``{"jobs": [{"topic": ..., "data": ...}, ...]}`` becomes those jobs;
 ``{"raise": "why"}`` makes the router raise. Settings come from the environment so one module
 serves every test: FLOWLINE_TEST_VISIBILITY, FLOWLINE_TEST_RETRIES, FLOWLINE_TEST_MAX_DELIVER,
-FLOWLINE_TEST_ACK_WAIT.
+FLOWLINE_TEST_ACK_WAIT, FLOWLINE_TEST_REPLICAS.
 
 Every handler run appends ``{"id", "topic", "attempt", "pid", "event", "t"}`` to the Redis list
 ``test:runs`` (event is "start" or "done"), so tests assert on what handlers really did.
@@ -68,6 +68,9 @@ pipeline = (
         max_deliver=MAX_DELIVER,
         ack_wait=float(os.environ.get("FLOWLINE_TEST_ACK_WAIT", "5")),
         max_payload=64 * 1024,
+        replicas=int(os.environ["FLOWLINE_TEST_REPLICAS"])
+        if os.environ.get("FLOWLINE_TEST_REPLICAS")
+        else None,
     )
     >> Route(router)
     >> Queue(
