@@ -92,7 +92,10 @@ class FlowlineBroker(AsyncBroker):
     async def _connect(self) -> QueueWorker:
         """The `QueueWorker` this broker settles jobs with (it holds the Redis client)."""
         if self._worker is None:
-            self._store = RedisStore(await connect_redis(self.settings))
+            self._store = RedisStore(
+                await connect_redis(self.settings),
+                wait_replicas=self.settings.redis_wait_replicas,
+            )
             self._worker = QueueWorker(
                 self.pipeline, self.queue, self._store, consumer=self.consumer
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
@@ -19,7 +19,9 @@ class Settings:
 
     Args:
         nats_url: NATS server(s), comma-separated; credentials may be in the URL.
-        redis_url: Redis URL (``redis://`` or ``rediss://`` for TLS).
+        redis_url: Redis URL: ``redis://`` (``rediss://`` for TLS), or
+            ``redis+sentinel://host:26379,host2:26379/service[/db]`` for a Sentinel-managed
+            primary (`SentinelURL`).
         grace: seconds in-flight jobs get to finish on shutdown before being handed back.
         concurrency: overrides every queue's concurrency in this process when set.
         nats_options: extra keyword arguments for `nats.connect` (tls, user_credentials...).
@@ -36,6 +38,10 @@ class Settings:
             an entry not refreshed for three of them is gone.
         events_retention: about how many lifecycle events each pipeline's event log in Redis
             keeps (``flowline events``, `flowline.listen`); 0 records none.
+        redis_wait_replicas: new jobs count as enqueued only once this many Redis replicas
+            have them (Redis WAIT, up to 1 s): a stream message is acked, and an enqueue
+            returns, only then, so a failover to a replica cannot lose them. 0 (the default)
+            waits for none, as Redis's asynchronous replication does.
     """
 
     nats_url: str = DEFAULT_NATS_URL
@@ -51,14 +57,18 @@ class Settings:
     redis_max_connections: int | None = None
     heartbeat: float = 5.0
     events_retention: int = 10_000
+    redis_wait_replicas: int = 0
 
     def __post_init__(self) -> None:
         for url in self.nats_url.split(","):
             if urlsplit(url.strip()).scheme not in ("nats", "tls", "ws", "wss"):
                 raise ConfigurationError(f"not a NATS URL: {redact(url)!r}")
-        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+        scheme = urlsplit(self.redis_url).scheme
+        if scheme in SentinelURL.SCHEMES:
+            SentinelURL.parse(self.redis_url)  # raises for a malformed one
+        elif scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"not a Redis URL: {redact(self.redis_url)!r}")
-        for url in (*self.nats_url.split(","), self.redis_url):
+        for url in (*self.nats_url.split(","), *_plain(self.redis_url)):
             try:
                 _ = urlsplit(url.strip()).port
             except ValueError:
@@ -77,6 +87,10 @@ class Settings:
             raise ConfigurationError(
                 f"events_retention must be >= 0 (0: off), got {self.events_retention}"
             )
+        if not 0 <= self.redis_wait_replicas <= 16:
+            raise ConfigurationError(
+                f"redis_wait_replicas must be within 0..16, got {self.redis_wait_replicas}"
+            )
         if self.redis_max_connections is not None and self.redis_max_connections < 4:
             raise ConfigurationError("redis_max_connections must be >= 4")
 
@@ -85,8 +99,8 @@ class Settings:
         """Settings from ``FLOWLINE_*`` environment variables; `overrides` win.
 
         Reads ``FLOWLINE_NATS_URL``, ``FLOWLINE_REDIS_URL``, ``FLOWLINE_TLS_CA``,
-        ``FLOWLINE_HTTP_PORT``, ``FLOWLINE_HTTP_HOST``, ``FLOWLINE_HEARTBEAT`` and
-        ``FLOWLINE_EVENTS_RETENTION``.
+        ``FLOWLINE_HTTP_PORT``, ``FLOWLINE_HTTP_HOST``, ``FLOWLINE_HEARTBEAT``,
+        ``FLOWLINE_EVENTS_RETENTION`` and ``FLOWLINE_REDIS_WAIT_REPLICAS``.
         """
         values: dict[str, object] = {
             "nats_url": os.environ.get("FLOWLINE_NATS_URL", DEFAULT_NATS_URL),
@@ -98,6 +112,7 @@ class Settings:
             ("FLOWLINE_HEARTBEAT", "heartbeat", float, "a number"),
             ("FLOWLINE_HTTP_PORT", "http_port", int, "a port number"),
             ("FLOWLINE_EVENTS_RETENTION", "events_retention", int, "a number of events"),
+            ("FLOWLINE_REDIS_WAIT_REPLICAS", "redis_wait_replicas", int, "a number of replicas"),
         )
         for name, key, cast, what in numbers:
             raw = os.environ.get(name, "").strip()
@@ -119,12 +134,66 @@ class Settings:
     def redis_connect_options(self) -> dict[str, object]:
         """Keyword arguments for `Redis.from_url`: TLS, then user options."""
         options: dict[str, object] = {}
-        if self.tls_ca is not None and self.redis_url.startswith("rediss://"):
+        if self.tls_ca is not None and self.redis_url.startswith(("rediss://", "rediss+")):
             options["ssl_ca_certs"] = self.tls_ca
         return {**options, **self.redis_options}
 
     def __repr__(self) -> str:
         return f"Settings(nats_url={redact(self.nats_url)!r}, redis_url={redact(self.redis_url)!r})"
+
+
+def _plain(url: str) -> list[str]:
+    """The URL, or for a Sentinel URL one URL per Sentinel, for the common port checks."""
+    s = urlsplit(url)
+    if s.scheme not in SentinelURL.SCHEMES:
+        return [url]
+    return [f"redis://{host}" for host in s.netloc.rpartition("@")[2].split(",")]
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A ``redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]`` URL:
+    the Sentinels to ask (port 26379 by default), the name of the primary they watch, and the
+    database. Credentials are the primary's; ``rediss+sentinel://`` reaches the primary, and
+    the Sentinels, over TLS."""
+
+    SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        s = urlsplit(url)
+        userinfo, at, hosts = s.netloc.rpartition("@")
+        user, colon, password = userinfo.partition(":") if at else ("", "", "")
+        sentinels = []
+        for one in hosts.split(","):
+            try:
+                port = urlsplit(f"//{one}").port or 26379
+            except ValueError:
+                raise ConfigurationError(f"bad port in {redact(url)!r}") from None
+            host = urlsplit(f"//{one}").hostname
+            if not host:
+                raise ConfigurationError(f"a Sentinel URL needs host:port, got {redact(url)!r}")
+            sentinels.append((host, port))
+        parts = [p for p in s.path.split("/") if p]
+        if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+            raise ConfigurationError(
+                f"a Sentinel URL ends in /service or /service/db, got {redact(url)!r}"
+            )
+        return cls(
+            sentinels=tuple(sentinels),
+            service=parts[0],
+            db=int(parts[1]) if len(parts) == 2 else 0,
+            username=unquote(user) or None,
+            password=unquote(password) if colon else None,
+            tls=s.scheme == "rediss+sentinel",
+        )
 
 
 def redact(url: str) -> str:

@@ -10,8 +10,9 @@
     │   ├── EnqueueError       jobs could not be written to Redis
     │   └── JobError           a handler failed (wraps the handler's exception)
     │       └── JobTimeout     a handler ran past its topic's timeout
-    └── SerializationError     job data or a result is not JSON-serialisable, or a dict
-                               published to a protobuf stream is not that message
+    ├── SerializationError     job data or a result is not JSON-serialisable, or a dict
+    │                          published to a protobuf stream is not that message
+    └── NotReplicated          jobs reached fewer Redis replicas than redis_wait_replicas asks
 
 `Retry` is not an error: it is a signal a handler raises to ask for another attempt.
 """
@@ -66,6 +67,12 @@ class JobTimeout(JobError):
 class SerializationError(FlowlineError):
     """Raised when job data or a job result cannot be encoded as JSON, or a dict published to
     a protobuf stream does not fit its message (the message names the field)."""
+
+
+class NotReplicated(FlowlineError):
+    """Raised when an enqueue's jobs reached the primary but fewer replicas than
+    ``redis_wait_replicas`` asks for, within 1 s: a failover now could lose them, so the
+    enqueue counts as failed (enqueueing the same ids again is a no-op)."""
 
 
 class Retry(Exception):

@@ -132,7 +132,7 @@ class RedisSentinels:
             redis_server_binary(),
             *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.dir)),
             *("--dbfilename", f"dump-{i}.rdb", "--appendonly", "no", "--save", ""),
-            *("--protected-mode", "no", "--daemonize", "no"),
+            *("--protected-mode", "no", "--daemonize", "no", "--repl-diskless-sync-delay", "0"),
         ]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.data_ports[replica_of])]

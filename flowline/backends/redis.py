@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
+from ..errors import NotReplicated
 from ..runtime import deadletters, fanin, jobs
 from ..runtime.enqueue import by_queue
 from ..runtime.inspect import STATS_BUCKET
@@ -100,15 +101,28 @@ def enqueue_calls(
     ]
 
 
-def write_sync(redis: SyncRedis, rows: list[Planned]) -> int:
-    """`runtime.enqueue.write` for code that is not async (a Django view, a script)."""
+# How long an enqueue waits for its replicas (`RedisStore.wait_replicas`) before it fails.
+WAIT_TIMEOUT_MS = 1000
+
+
+def write_sync(redis: SyncRedis, rows: list[Planned], wait_replicas: int = 0) -> int:
+    """`runtime.enqueue.write` for code that is not async (a Django view, a script); with
+    `wait_replicas`, as `RedisStore.wait_replicas` does."""
     scripts = {False: redis.register_script(ENQUEUE), True: redis.register_script(ENQUEUE_GROUPED)}
     now_ms = int(time.time() * 1000)
-    return sum(
-        int(scripts[grouped](keys=keys, args=args))
-        for queue, planned in by_queue(rows).items()
-        for grouped, keys, args in enqueue_calls(queue, planned, now_ms)
-    )
+    pipe = redis.pipeline(transaction=False)
+    for queue, planned in by_queue(rows).items():
+        for grouped, keys, args in enqueue_calls(queue, planned, now_ms):
+            scripts[grouped](keys=keys, args=args, client=pipe)
+    if wait_replicas:
+        pipe.execute_command("WAIT", wait_replicas, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
+    results = pipe.execute()
+    if wait_replicas and int(results.pop()) < wait_replicas:
+        raise NotReplicated(
+            f"{len(rows)} jobs reached fewer than {wait_replicas} replicas within "
+            f"{WAIT_TIMEOUT_MS} ms"
+        )
+    return sum(int(r) for r in results)
 
 
 class RedisStore(JobStore):
@@ -117,10 +131,13 @@ class RedisStore(JobStore):
     Args:
         redis: the client (its pool is the runner's, sized for its queues).
         clock: where times come from (`SystemClock`).
+        wait_replicas: an enqueue returns only once this many replicas have its jobs (Redis
+            WAIT on the connection that wrote them), and raises `NotReplicated` otherwise.
     """
 
-    def __init__(self, redis: Redis, clock: Clock | None = None) -> None:
+    def __init__(self, redis: Redis, clock: Clock | None = None, *, wait_replicas: int = 0) -> None:
         self.redis = redis
+        self.wait_replicas = wait_replicas
         self.scripts = Scripts(redis)
         self.clock = clock or SystemClock()
         self._keys: dict[str, QueueKeys] = {}
@@ -148,11 +165,29 @@ class RedisStore(JobStore):
                     raise
 
     async def enqueue(self, queue: str, rows: Sequence[Planned], now_ms: int) -> int:
+        if self.wait_replicas:
+            return await self._enqueue_replicated(queue, rows, now_ms)
         added = 0
         for grouped, keys, args in enqueue_calls(queue, rows, now_ms):
             script = self.scripts.enqueue_grouped if grouped else self.scripts.enqueue
             added += int(await script(keys=keys, args=args))
         return added
+
+    async def _enqueue_replicated(self, queue: str, rows: Sequence[Planned], now_ms: int) -> int:
+        # WAIT counts the replicas that have every write of its own connection: the calls and
+        # the WAIT go down one pipeline, so one connection.
+        pipe = self.redis.pipeline(transaction=False)
+        for grouped, keys, args in enqueue_calls(queue, rows, now_ms):
+            script = self.scripts.enqueue_grouped if grouped else self.scripts.enqueue
+            await script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        *added, acked = await pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(
+                f"{len(rows)} jobs of queue {queue!r} reached {acked} of "
+                f"{self.wait_replicas} replicas within {WAIT_TIMEOUT_MS} ms"
+            )
+        return sum(int(a) for a in added)
 
     async def read(self, queue: str, consumer: str, count: int, block: float) -> list[Running]:
         if await self._paused(queue):

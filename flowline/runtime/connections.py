@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel as SyncSentinel
 
-from .._settings import Settings, redact
+from .._settings import SentinelURL, Settings, redact
 from ..errors import ConfigurationError
 
 log = structlog.get_logger("flowline.connections")
@@ -71,15 +77,20 @@ async def connect_redis(
     Every connection carries `name` (``CLIENT SETNAME``), so ``CLIENT LIST`` tells which
     process holds which connections; a ``client_name`` in ``redis_options`` wins.
     """
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections or max_connections,
-        timeout=POOL_WAIT,
-        health_check_interval=10,
-        socket_keepalive=True,
-        retry_on_timeout=True,
+    options = {
+        "max_connections": settings.redis_max_connections or max_connections,
+        "timeout": POOL_WAIT,
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
         **{"client_name": name, **settings.redis_connect_options()},
-    )
+    }
+    if urlsplit(settings.redis_url).scheme in SentinelURL.SCHEMES:
+        pool: BlockingConnectionPool = _sentinel_pool(
+            SentinelURL.parse(settings.redis_url), options
+        )
+    else:
+        pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
     redis = Redis.from_pool(pool)
     if check:
         try:
@@ -88,6 +99,46 @@ async def connect_redis(
             await redis.aclose()
             raise
     return redis
+
+
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A pool whose connections go to the primary the Sentinels name, asked again at every
+    (re)connect, and which waits for a free connection like the plain one does."""
+
+
+def _sentinel_pool(url: SentinelURL, options: dict[str, Any]) -> BlockingConnectionPool:
+    auth = {"username": url.username, "password": url.password, "ssl": url.tls}
+    # The Sentinels are asked with the same socket and TLS settings, without the primary's
+    # credentials (a Sentinel has its own, if any: redis_options={"sentinel_kwargs": {...}}).
+    sentinel_kwargs = options.pop("sentinel_kwargs", None) or {
+        k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))
+    }
+    if url.tls:
+        sentinel_kwargs = {"ssl": True, **sentinel_kwargs}
+    # redis-py's Sentinel classes are untyped.
+    manager = Sentinel(list(url.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    return _SentinelBlockingPool(url.service, manager, db=url.db, **auth, **options)  # type: ignore[no-untyped-call]
+
+
+def connect_redis_sync(settings: Settings) -> SyncRedis:
+    """A synchronous client for `enqueue_sync`, on any URL form flowline takes."""
+    options = {"client_name": "flowline", **settings.redis_connect_options()}
+    if urlsplit(settings.redis_url).scheme not in SentinelURL.SCHEMES:
+        return SyncRedis.from_url(settings.redis_url, **options)
+    url = SentinelURL.parse(settings.redis_url)
+    sentinel_kwargs = options.pop("sentinel_kwargs", None) or {}
+    if url.tls:
+        sentinel_kwargs = {"ssl": True, **sentinel_kwargs}  # type: ignore[dict-item]
+    manager = SyncSentinel(list(url.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client: SyncRedis = manager.master_for(  # type: ignore[no-untyped-call]
+        url.service,
+        db=url.db,
+        username=url.username,
+        password=url.password,
+        ssl=url.tls,
+        **options,
+    )
+    return client
 
 
 async def ping_redis(redis: Redis, settings: Settings) -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from redis import Redis as SyncRedis
-
 from .. import _binding
 from .._settings import Settings
+from .connections import connect_redis_sync
 from .enqueue import direct
 from .preview import Preview, preview
 
@@ -31,9 +30,9 @@ class LocalOps:
 
         settings = Settings.from_env(redis_url=redis_url)
         rows = direct(pipeline, job)
-        client = SyncRedis.from_url(settings.redis_url, **settings.redis_connect_options())
+        client = connect_redis_sync(settings)
         try:
-            write_sync(client, rows)
+            write_sync(client, rows, settings.redis_wait_replicas)
         finally:
             client.close()
         return rows[0].id

@@ -133,7 +133,7 @@ class Runner:
             self.redis = await connect_redis(
                 s, self._pool_size(), check=bool(parts), name=f"flowline:{self._consumer}"
             )
-            self.store = RedisStore(self.redis)
+            self.store = RedisStore(self.redis, wait_replicas=s.redis_wait_replicas)
         if self.redis is not None and parts and s.events_retention:
             # Attached before any loop runs, so their first events are recorded too.
             self.events = EventLog(self.redis, self._consumer, s.events_retention)

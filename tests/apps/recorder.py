@@ -6,7 +6,9 @@ serves every test: FLOWLINE_TEST_VISIBILITY, FLOWLINE_TEST_RETRIES, FLOWLINE_TES
 FLOWLINE_TEST_ACK_WAIT, FLOWLINE_TEST_REPLICAS.
 
 Every handler run appends ``{"id", "topic", "attempt", "pid", "event", "t"}`` to the Redis list
-``test:runs`` (event is "start" or "done"), so tests assert on what handlers really did.
+``test:runs`` (event is "start" or "done"), so tests assert on what handlers really did; in
+the Redis at FLOWLINE_TEST_RECORD_URL if set (a failover test keeps its record off the
+servers it fails over), else FLOWLINE_REDIS_URL.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _redis: Redis | None = None
 def _client() -> Redis:
     global _redis
     if _redis is None:
-        url = os.environ["FLOWLINE_REDIS_URL"]
+        url = os.environ.get("FLOWLINE_TEST_RECORD_URL") or os.environ["FLOWLINE_REDIS_URL"]
         ca = os.environ.get("FLOWLINE_TLS_CA")
         _redis = (
             Redis.from_url(url, ssl_ca_certs=ca)
