@@ -25,7 +25,7 @@ from flowline import Settings, Stream, connect
 from flowline.errors import PipelineError
 
 from .apps.recorder import pipeline as recorder
-from .conftest import eventually, runs
+from .conftest import eventually, flowline_cli, runs
 from .topologies import NatsCluster
 
 TARGET = "tests.apps.recorder:pipeline"
@@ -212,3 +212,27 @@ def test_replicas_out_of_range_is_refused(replicas):
         PipelineError, match=rf"Stream replicas must be within 1\.\.5, got {replicas}"
     ):
         Stream("x", bytes, replicas=replicas)
+
+
+async def test_commands_take_the_seed_list(cluster, servers, worker, redis):
+    """The producer and `flowline status` reach the cluster through a seed list whose first
+    node is down: the client moves on to the next."""
+    env = {"FLOWLINE_NATS_URL": cluster.url, "FLOWLINE_TEST_REPLICAS": "3"}
+    proc = worker(TARGET, env=env)
+    await proc.ready(timeout=40)
+    cluster.kill_node(0)
+    settings = Settings(nats_url=cluster.url, redis_url=servers.redis_url)
+
+    async def nothing(i: int) -> None:
+        pass
+
+    await publish_through(settings, 5, rate=100, during=nothing)
+
+    async def ran() -> bool:
+        return sum(r["event"] == "done" for r in await runs(redis)) == 5
+
+    await eventually(ran, timeout=30)
+    status = flowline_cli("status", TARGET, "--json", env={**servers.env(), **env})
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["servers"]["nats"] == "ok"
