@@ -40,6 +40,10 @@ What is measured (every side runs in a fresh Python process; the servers are sha
    how long that lone job waits from its enqueue to its handler, with groups
    (``Queue(group_limit=10)``) against the same jobs without groups (FIFO: it waits behind
    the rest of the N). Target: <= 50 ms (benchmarks/fairness.py).
+6. replicated, events/s: the ingest figure with a replica attached, enqueues waiting for it
+   (``redis_wait_replicas=1``: an ENQUEUE and a WAIT in one pipeline per batch); against the
+   hand-written loop doing the same, and against the same ingest not waiting (the option's
+   cost). Target: >= 0.9x the loop (benchmarks/replicated.py).
 
 How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
 the order is reversed every other round), so slow drift of the machine touches every side alike.
@@ -79,13 +83,13 @@ from redis.asyncio import Redis
 
 from flowline.servers import LocalServers
 
-from . import common, fairness, ingest, latency, side, worker
+from . import common, fairness, ingest, latency, replicated, side, worker
 
 # BullMQ's Node worker at concurrency 50, measured elsewhere on a machine where the raw
 # XREADGROUP + XACK loop made about 120k jobs/s: a reference, not a side of this run.
 BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
-FIGURES = ("ingest", "worker", "latency", "fairness")
+FIGURES = ("ingest", "worker", "latency", "fairness", "replicated")
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
 FLOWLINE_SIDES = ("flowline", "events", "metrics", "observed")
@@ -286,6 +290,33 @@ class Bench:
             f"by processor: {shares}) and writing to the stderr file "
             f"{res['line_us'] - res['render_us']:.2f} us ({res['log']['bytes'] / jobs:.0f} bytes)."
         )
+
+    def replicated(self) -> list[Row]:
+        s = self.sizes
+        samples: dict[str, list[float]] = {"flowline": [], "nowait": [], "raw": []}
+        with common.Replica(self.servers) as replica:
+            for r, name in alternate(list(samples), s.rounds):
+                asyncio.run(replicated.prepare(events=s.events, **self.urls))
+                res = self._run("replicated", name, {"events": s.events, **self.urls}, r)
+                if res["jobs"] != 2 * s.events:
+                    raise RuntimeError(
+                        f"replicated/{name} wrote {res['jobs']} jobs, not {2 * s.events}"
+                    )
+                replica.caught_up()
+                samples[name].append(res["rate"])
+                self._say("replicated", r, s.rounds, name, _rate(res, "events/s"))
+        wait, nowait = (statistics.median(samples[n]) for n in ("flowline", "nowait"))
+        self.notes.append(
+            f"replicated: waiting for the replica costs {1e6 / wait - 1e6 / nowait:+.2f} us per "
+            f"event (medians: {1e6 / nowait:.2f} us without, {1e6 / wait:.2f} us with), a WAIT "
+            f"round trip per batch of {ingest.BATCH}."
+        )
+        return [
+            Row("replicated", "events/s", "loop with the same WAIT", samples["flowline"],
+                samples["raw"], ">= 0.90x", check=_at_least_90_percent),
+            Row("replicated", "events/s", "flowline not waiting", samples["flowline"],
+                samples["nowait"]),
+        ]  # fmt: skip
 
     def fairness(self) -> list[Row]:
         s = self.sizes

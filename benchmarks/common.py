@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import math
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ from flowline.backends.jetstream import stream_name_for
 
 if TYPE_CHECKING:
     from flowline.observability.metrics import Metrics
+    from flowline.servers import LocalServers
 
 FOLLOWED = ("notify-fan-following", "notify-talent-following")
 
@@ -208,3 +211,52 @@ def log_lines(path: Path) -> dict[str, int]:
                 event = "(not JSON)"
             counts[event] = counts.get(event, 0) + 1
     return counts
+
+
+class Replica:
+    """A redis-server replicating the benchmark's Redis (no persistence of its own), for as
+    long as the ``with`` block runs."""
+
+    def __init__(self, servers: LocalServers) -> None:
+        self.servers = servers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Replica:
+        import redis
+
+        from flowline.servers import free_port, redis_server_binary
+
+        port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="flowline-bench-replica-")
+        self.proc = subprocess.Popen(
+            [
+                redis_server_binary(),
+                *("--port", str(port), "--bind", "127.0.0.1", "--dir", self.dir.name),
+                *("--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"),
+                *("--replicaof", "127.0.0.1", str(self.servers.redis_port)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.primary = redis.Redis.from_url(self.servers.redis_url)
+        self.caught_up()
+        return self
+
+    def caught_up(self, within: float = 60) -> None:
+        """Until the replica is online and has every write the primary made."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            info = self.primary.info("replication")
+            replica = info.get("slave0")
+            online = replica and replica["state"] == "online"
+            if online and replica["offset"] >= info["master_repl_offset"]:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the replica did not catch up within {within:.0f} s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.primary.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.dir.cleanup()

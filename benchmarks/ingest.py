@@ -63,7 +63,7 @@ async def _jobs(redis: Redis) -> int:
 
 
 async def _flowline(
-    nats_url: str, redis_url: str, events: int, *, metrics: bool, logs: bool
+    nats_url: str, redis_url: str, events: int, *, metrics: bool, logs: bool, wait: int = 0
 ) -> dict[str, Any]:
     """flowline's `StreamIngest` on the fanbase example's stream and router (stream side only).
 
@@ -88,7 +88,8 @@ async def _flowline(
     source = pipeline.source
     assert isinstance(source, Stream)
     streams = JetStreamSource(_ready(js))
-    ingest = StreamIngest(pipeline, source, streams, RedisStore(redis), metrics=observed)
+    store = RedisStore(redis, wait_replicas=wait)
+    ingest = StreamIngest(pipeline, source, streams, store, metrics=observed)
     await ingest.setup()
     stop = asyncio.Event()
     window = common.Window()
@@ -122,6 +123,12 @@ async def observed(nats_url: str, redis_url: str, events: int) -> dict[str, Any]
 
 async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
     """Hand-written nats-py + redis-py: fetch, FromString, the same ENQUEUE call, ack."""
+    return await _raw(nats_url, redis_url, events)
+
+
+async def _raw(nats_url: str, redis_url: str, events: int, wait: int = 0) -> dict[str, Any]:
+    """The hand-written loop; with `wait`, the ENQUEUE call and a WAIT share one pipeline
+    (WAIT counts the replicas that have its own connection's writes) before the acks."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     redis = Redis.from_url(redis_url)
@@ -139,6 +146,7 @@ async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
         filter_subject=SUBJECT,
     )
     sub = await js.pull_subscribe(SUBJECT, durable=durable, stream=stream, config=config)
+    await redis.script_load(ENQUEUE)  # the WAIT loop sends EVALSHA itself
     stop = asyncio.Event()
 
     async def consume() -> None:
@@ -153,7 +161,14 @@ async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
                 meta = msg.metadata
                 born = int(meta.timestamp.timestamp() * 1000)
                 args += common.fanbase_rows(stream, meta.sequence.stream, ev, born)
-            await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args)
+            if wait:
+                pipe = redis.pipeline(transaction=False)
+                pipe.evalsha(script.sha, 3, keys.jobs, keys.delayed, keys.cancels, *args)
+                pipe.execute_command("WAIT", wait, 1000)
+                if (await pipe.execute())[-1] < wait:
+                    raise RuntimeError("a replica did not acknowledge within 1 s")
+            else:
+                await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args)
             for msg in msgs:
                 await msg.ack()
 

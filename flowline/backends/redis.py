@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ..errors import NotReplicated
 from ..runtime import deadletters, fanin, jobs
@@ -175,13 +175,25 @@ class RedisStore(JobStore):
 
     async def _enqueue_replicated(self, queue: str, rows: Sequence[Planned], now_ms: int) -> int:
         # WAIT counts the replicas that have every write of its own connection: the calls and
-        # the WAIT go down one pipeline, so one connection.
-        pipe = self.redis.pipeline(transaction=False)
-        for grouped, keys, args in enqueue_calls(queue, rows, now_ms):
-            script = self.scripts.enqueue_grouped if grouped else self.scripts.enqueue
-            await script(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
-        *added, acked = await pipe.execute()
+        # the WAIT go down one pipeline, so one connection. EVALSHA by hand: a Script in a
+        # pipeline costs a SCRIPT EXISTS round trip per pipeline.
+        calls = enqueue_calls(queue, rows, now_ms)
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for grouped, keys, args in calls:
+                script = self.scripts.enqueue_grouped if grouped else self.scripts.enqueue
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+            try:
+                *added, acked = await pipe.execute()
+                break
+            except NoScriptError:
+                # A new primary (Sentinel promoted a replica) has no scripts cached: load
+                # them and send again; ENQUEUE is idempotent, so a call that ran is a no-op.
+                if attempt == 2:
+                    raise
+                for one in (self.scripts.enqueue, self.scripts.enqueue_grouped):
+                    await self.redis.script_load(one.script)
         if int(acked) < self.wait_replicas:
             raise NotReplicated(
                 f"{len(rows)} jobs of queue {queue!r} reached {acked} of "
