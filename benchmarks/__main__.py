@@ -44,6 +44,9 @@ What is measured (every side runs in a fresh Python process; the servers are sha
    (``redis_wait_replicas=1``: an ENQUEUE and a WAIT in one pipeline per batch); against the
    hand-written loop doing the same, and against the same ingest not waiting (the option's
    cost). Target: >= 0.9x the loop (benchmarks/replicated.py).
+7. fanout, jobs/s: the ingest figure's events routed into 100 jobs each (data of their own);
+   against a hand-written loop writing each fetched batch's jobs with one ENQUEUE call.
+   Target: >= 0.9x (benchmarks/fanout.py).
 
 How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
 the order is reversed every other round), so slow drift of the machine touches every side alike.
@@ -83,13 +86,13 @@ from redis.asyncio import Redis
 
 from flowline.servers import LocalServers
 
-from . import common, fairness, ingest, latency, replicated, side, worker
+from . import common, fairness, fanout, ingest, latency, replicated, side, worker
 
 # BullMQ's Node worker at concurrency 50, measured elsewhere on a machine where the raw
 # XREADGROUP + XACK loop made about 120k jobs/s: a reference, not a side of this run.
 BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
-FIGURES = ("ingest", "worker", "latency", "fairness", "replicated")
+FIGURES = ("ingest", "worker", "latency", "fairness", "replicated", "fanout")
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
 FLOWLINE_SIDES = ("flowline", "events", "metrics", "observed")
@@ -316,6 +319,24 @@ class Bench:
                 samples["raw"], ">= 0.90x", check=_at_least_90_percent),
             Row("replicated", "events/s", "flowline not waiting", samples["flowline"],
                 samples["nowait"]),
+        ]  # fmt: skip
+
+    def fanout(self) -> list[Row]:
+        s = self.sizes
+        events = max(1, s.events // fanout.FANOUT * 4)  # 4x the ingest figure's jobs
+        samples: dict[str, list[float]] = {"flowline": [], "raw": []}
+        for r, name in alternate(list(samples), s.rounds):
+            asyncio.run(fanout.prepare(events=events, **self.urls))
+            res = self._run("fanout", name, {"events": events, **self.urls}, r)
+            if res["jobs"] != fanout.FANOUT * events:
+                raise RuntimeError(
+                    f"fanout/{name} wrote {res['jobs']} jobs, not {fanout.FANOUT * events}"
+                )
+            samples[name].append(res["rate"])
+            self._say("fanout", r, s.rounds, name, _rate(res, "jobs/s"))
+        return [
+            Row("fanout x100", "jobs/s", "hand-written batched enqueue", samples["flowline"],
+                samples["raw"], ">= 0.90x", check=_at_least_90_percent),
         ]  # fmt: skip
 
     def fairness(self) -> list[Row]:

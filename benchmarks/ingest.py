@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -63,7 +64,14 @@ async def _jobs(redis: Redis) -> int:
 
 
 async def _flowline(
-    nats_url: str, redis_url: str, events: int, *, metrics: bool, logs: bool, wait: int = 0
+    nats_url: str,
+    redis_url: str,
+    events: int,
+    *,
+    metrics: bool,
+    logs: bool,
+    wait: int = 0,
+    route: Callable[[FanbaseEvent], Any] | None = None,
 ) -> dict[str, Any]:
     """flowline's `StreamIngest` on the fanbase example's stream and router (stream side only).
 
@@ -78,7 +86,7 @@ async def _flowline(
     from flowline.runtime.ingest import StreamIngest
 
     observed = common.observe(metrics=metrics, logs=logs)
-    pipeline = Stream(SUBJECT, FanbaseEvent) >> Route(router) >> Queue(QUEUE)
+    pipeline = Stream(SUBJECT, FanbaseEvent) >> Route(route or router) >> Queue(QUEUE)
     for topic in (*common.FOLLOWED, "confirm-fan-unfollowing"):
         pipeline.dequeue(topic, _noop)
     settings = Settings(nats_url=nats_url, redis_url=redis_url)
@@ -126,9 +134,16 @@ async def raw(nats_url: str, redis_url: str, events: int) -> dict[str, Any]:
     return await _raw(nats_url, redis_url, events)
 
 
-async def _raw(nats_url: str, redis_url: str, events: int, wait: int = 0) -> dict[str, Any]:
-    """The hand-written loop; with `wait`, the ENQUEUE call and a WAIT share one pipeline
-    (WAIT counts the replicas that have its own connection's writes) before the acks."""
+async def _raw(
+    nats_url: str,
+    redis_url: str,
+    events: int,
+    wait: int = 0,
+    rows: Callable[[str, int, FanbaseEvent, int], list[str | int]] = common.fanbase_rows,
+) -> dict[str, Any]:
+    """The hand-written loop, one ENQUEUE call per batch of the ARGV `rows` makes of each
+    event; with `wait`, the call and a WAIT share one pipeline (WAIT counts the replicas that
+    have its own connection's writes) before the acks."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     redis = Redis.from_url(redis_url)
@@ -160,7 +175,7 @@ async def _raw(nats_url: str, redis_url: str, events: int, wait: int = 0) -> dic
                 ev = FanbaseEvent.FromString(msg.data)
                 meta = msg.metadata
                 born = int(meta.timestamp.timestamp() * 1000)
-                args += common.fanbase_rows(stream, meta.sequence.stream, ev, born)
+                args += rows(stream, meta.sequence.stream, ev, born)
             if wait:
                 pipe = redis.pipeline(transaction=False)
                 pipe.evalsha(script.sha, 3, keys.jobs, keys.delayed, keys.cancels, *args)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .._stages import Job, seconds
 from ..errors import SerializationError, UnknownTopicError
-from .job import dumps
+from .job import dumps, encode
 
 if TYPE_CHECKING:
     from .._pipeline import Pipeline
@@ -62,33 +62,41 @@ def plan(
     encoded: dict[int, str] = {}
     if now is None:
         now = time.time()
+    name: str | None = None  # the topic looked up last: a fan-out's jobs mostly share one
+    queue = ""
+    limit = 0
     for index, job in enumerate(jobs):
-        topic = pipeline.topics.get(job.topic)
-        if topic is None:
-            known = ", ".join(sorted(pipeline.topics)) or "none"
-            raise UnknownTopicError(
-                f"no handler dequeues topic {job.topic!r} (dequeued topics: {known}); "
-                f"add @pipeline.dequeue({job.topic!r})",
-                stage=stage,
-            )
-        data = encoded.get(id(job.data))
+        if job.topic != name:
+            name = job.topic
+            topic = pipeline.topics.get(name)
+            if topic is None:
+                known = ", ".join(sorted(pipeline.topics)) or "none"
+                raise UnknownTopicError(
+                    f"no handler dequeues topic {name!r} (dequeued topics: {known}); "
+                    f"add @pipeline.dequeue({name!r})",
+                    stage=stage,
+                )
+            queue, limit = topic.queue.name, topic.queue.options.group_limit
+        value = job.data
+        data = encoded.get(id(value))
         if data is None:
             try:
-                data = encoded[id(job.data)] = dumps(job.data, what=f"data of job {job.topic!r}")
-            except SerializationError as exc:
-                exc.add_note(f"[while running stage {stage!r}]")
+                data = encoded[id(value)] = encode(value)
+            except (TypeError, ValueError):
+                try:  # again, for the error that names the job
+                    dumps(value, what=f"data of job {name!r}")
+                except SerializationError as exc:
+                    exc.add_note(f"[while running stage {stage!r}]")
+                    raise
                 raise
         due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
         if job.group is None:
-            row = Planned(
-                topic.queue.name, job_id, job.topic, data, due, origin, job.priority, born_ms, trace
-            )
+            row = Planned(queue, job_id, name, data, due, origin, job.priority, born_ms, trace)
         else:
-            limit = topic.queue.options.group_limit
             row = Planned(
-                topic.queue.name, job_id, job.topic, data, due, origin, job.priority, born_ms,
-                trace, job.group, limit,
+                queue, job_id, name, data, due, origin, job.priority, born_ms, trace, job.group,
+                limit,
             )  # fmt: skip
         rows.append(row)
     return rows

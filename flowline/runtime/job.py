@@ -25,6 +25,11 @@ Handler = Callable[["JobContext"], Awaitable[Any] | Any]
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+def encode(value: Any) -> str:
+    """`dumps` without its error message: raises TypeError or ValueError (the hot path)."""
+    return "null" if value is None else _encode(value)
+
+
 def dumps(value: Any, *, what: str) -> str:
     """JSON-encode job data or a result; anything else is a `SerializationError`."""
     if value is None:
