@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
 
@@ -19,7 +19,8 @@ class Settings:
 
     Args:
         nats_url: NATS server(s), comma-separated; credentials may be in the URL.
-        redis_url: Redis URL (``redis://`` or ``rediss://`` for TLS).
+        redis_url: Redis URL (``redis://`` or ``rediss://`` for TLS), or a Redis Cluster's
+            ``redis+cluster://host:port,host:port`` (``rediss+cluster://`` for TLS).
         grace: seconds in-flight jobs get to finish on shutdown before being handed back.
         concurrency: overrides every queue's concurrency in this process when set.
         nats_options: extra keyword arguments for `nats.connect` (tls, user_credentials...).
@@ -56,9 +57,11 @@ class Settings:
         for url in self.nats_url.split(","):
             if urlsplit(url.strip()).scheme not in ("nats", "tls", "ws", "wss"):
                 raise ConfigurationError(f"not a NATS URL: {redact(url)!r}")
-        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+        if is_cluster_url(self.redis_url):
+            cluster_nodes(self.redis_url)  # raises on a bad node list
+        elif urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"not a Redis URL: {redact(self.redis_url)!r}")
-        for url in (*self.nats_url.split(","), self.redis_url):
+        for url in (*self.nats_url.split(","), *_single(self.redis_url)):
             try:
                 _ = urlsplit(url.strip()).port
             except ValueError:
@@ -119,7 +122,9 @@ class Settings:
     def redis_connect_options(self) -> dict[str, object]:
         """Keyword arguments for `Redis.from_url`: TLS, then user options."""
         options: dict[str, object] = {}
-        if self.tls_ca is not None and self.redis_url.startswith("rediss://"):
+        if self.tls_ca is not None and self.redis_url.startswith(
+            ("rediss://", "rediss+cluster://")
+        ):
             options["ssl_ca_certs"] = self.tls_ca
         return {**options, **self.redis_options}
 
@@ -130,7 +135,9 @@ class Settings:
 def redact(url: str) -> str:
     """The URL with any password or token replaced by ``***`` (for logs and events)."""
     parts = []
-    for one in url.split(","):
+    # A cluster URL is one URL whose netloc lists the nodes: a comma in its password must not
+    # split it (NATS lists whole URLs).
+    for one in [url] if is_cluster_url(url) else url.split(","):
         s = urlsplit(one.strip())
         # Split the netloc by hand: .hostname drops IPv6 brackets and .port raises on bad ports.
         userinfo, at, host = s.netloc.rpartition("@")
@@ -140,3 +147,44 @@ def redact(url: str) -> str:
             one = urlunsplit((s.scheme, f"{cred}@{host}", s.path, s.query, s.fragment))
         parts.append(one)
     return ",".join(parts)
+
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for a Redis Cluster URL: ``redis+cluster://`` or ``rediss+cluster://`` (TLS)."""
+    return urlsplit(url.split(",", 1)[0].strip()).scheme in CLUSTER_SCHEMES
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The startup nodes, user and password of ``redis+cluster://[user:pass@]h:p[,h:p...]``.
+
+    Raises:
+        ConfigurationError: a node without a host or with a bad port, or a database number
+            (a cluster has database 0 only).
+    """
+    s = urlsplit(url.strip())
+    userinfo, at, hosts = s.netloc.rpartition("@")
+    user = password = None
+    if at:
+        name, colon, secret = userinfo.partition(":")
+        user, password = unquote(name) or None, unquote(secret) if colon else None
+    if s.path.strip("/") not in ("", "0"):
+        raise ConfigurationError(f"a Redis Cluster has database 0 only: {redact(url)!r}")
+    nodes = []
+    for one in hosts.split(","):
+        node = urlsplit("//" + one.strip())
+        try:
+            port = node.port or 6379
+        except ValueError:
+            raise ConfigurationError(f"bad port in {redact(url)!r}") from None
+        if not node.hostname:
+            raise ConfigurationError(f"no host in Redis Cluster URL {redact(url)!r}")
+        nodes.append((node.hostname, port))
+    return nodes, user, password
+
+
+def _single(redis_url: str) -> list[str]:
+    """`redis_url` for the port check of single-server URLs (a cluster's is its own)."""
+    return [] if is_cluster_url(redis_url) else [redis_url]

@@ -7,8 +7,9 @@ import structlog
 from nats.aio.client import Client as NATS
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from .._settings import Settings, redact
+from .._settings import Settings, is_cluster_url, redact
 from ..errors import ConfigurationError
+from .cluster import connect_cluster
 
 log = structlog.get_logger("flowline.connections")
 
@@ -70,7 +71,11 @@ async def connect_redis(
 
     Every connection carries `name` (``CLIENT SETNAME``), so ``CLIENT LIST`` tells which
     process holds which connections; a ``client_name`` in ``redis_options`` wins.
+
+    A ``redis+cluster://`` URL gives a Redis Cluster client (`runtime.cluster`).
     """
+    if is_cluster_url(settings.redis_url):
+        return await _connect_cluster(settings, max_connections, check=check, name=name)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections or max_connections,
@@ -81,6 +86,26 @@ async def connect_redis(
         **{"client_name": name, **settings.redis_connect_options()},
     )
     redis = Redis.from_pool(pool)
+    if check:
+        try:
+            await ping_redis(redis, settings)
+        except ConfigurationError:
+            await redis.aclose()
+            raise
+    return redis
+
+
+async def _connect_cluster(
+    settings: Settings, max_connections: int, *, check: bool, name: str
+) -> Redis:
+    """`connect_redis` for a ``redis+cluster://`` URL: the same options and check, a pool of
+    that size per node (`runtime.cluster`)."""
+    options = {
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        **{"client_name": name, **settings.redis_connect_options()},
+    }
+    redis = connect_cluster(settings, settings.redis_max_connections or max_connections, options)
     if check:
         try:
             await ping_redis(redis, settings)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from redis import Redis as SyncRedis
 
 from .. import _binding
-from .._settings import Settings
+from .._settings import Settings, is_cluster_url
 from .enqueue import direct
 from .preview import Preview, preview
 
@@ -31,7 +31,13 @@ class LocalOps:
 
         settings = Settings.from_env(redis_url=redis_url)
         rows = direct(pipeline, job)
-        client = SyncRedis.from_url(settings.redis_url, **settings.redis_connect_options())
+        client: Any
+        if is_cluster_url(settings.redis_url):
+            from .cluster import sync_cluster
+
+            client = sync_cluster(settings)
+        else:
+            client = SyncRedis.from_url(settings.redis_url, **settings.redis_connect_options())
         try:
             write_sync(client, rows)
         finally:
