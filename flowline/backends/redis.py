@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from ..runtime import deadletters, fanin, jobs
+from ..runtime.cluster import run_scripts
 from ..runtime.enqueue import by_queue
 from ..runtime.inspect import STATS_BUCKET
 from ..runtime.keys import GROUP, QueueKeys, cron_key, fan_in_keys, stream_dead_letters
@@ -395,16 +396,14 @@ class RedisStore(JobStore):
     async def fan_in_finished(
         self, pipeline: str, job_ids: Sequence[str], keep: int
     ) -> list[tuple[str, int]]:
-        pipe = self.redis.pipeline(transaction=False)
-        origins = []
-        for job_id in job_ids:
-            origin = fanin.origin_of(job_id)
-            origins.append(origin)
-            meta, done = fan_in_keys(pipeline, origin)
-            await self.scripts.fan_in(keys=[meta, done], args=[job_id, keep], client=pipe)
+        origins = [fanin.origin_of(job_id) for job_id in job_ids]
         if not origins:
             return []
-        results = await pipe.execute()
+        calls = [
+            (list(fan_in_keys(pipeline, origin)), [job_id, keep])
+            for origin, job_id in zip(origins, job_ids, strict=True)
+        ]
+        results = await run_scripts(self.redis, self.scripts.fan_in, calls)
         return [(o, int(t)) for o, t in zip(origins, results, strict=True) if int(t)]
 
     async def bury(self, pipeline: str, record: str) -> str:

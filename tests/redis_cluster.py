@@ -1,0 +1,177 @@
+"""A local three-primary Redis Cluster on free loopback ports, and its pytest fixtures.
+
+with LocalCluster() as cluster:
+    settings = Settings(redis_url=cluster.url)   # redis+cluster://127.0.0.1:p1,...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from flowline.servers import redis_server_binary
+
+NODE_OPTIONS = (
+    *("--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+    *("--cluster-node-timeout", "2000", "--appendonly", "yes", "--appendfsync", "always"),
+    *("--save", ""),
+)
+REPLICAS = ("--cluster-replicas", "0", "--cluster-yes")
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher) is free too; both under 65536."""
+    for _ in range(100):
+        port = random.randint(20000, 50000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in (port, port + 10000):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
+class LocalCluster:
+    """Three ``redis-server --cluster-enabled yes`` primaries (AOF, ``appendfsync always``, no
+    replicas), their 16384 slots split by ``redis-cli --cluster create``."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="flowline-cluster-"))
+        self.ports: list[int] = []
+        while len(self.ports) < primaries:
+            port = cluster_port()
+            if port not in self.ports:
+                self.ports.append(port)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def __enter__(self) -> LocalCluster:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+        try:
+            for port in self.ports:
+                self._start(port)
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), *REPLICAS],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            self._wait_ok()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self, port: int) -> None:
+        data = self.dir / str(port)
+        data.mkdir()
+        log = open(data / "redis.log", "wb")  # noqa: SIM115 - the server's, closed with it
+        proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(port), "--dir", str(data), *NODE_OPTIONS],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        self.procs.append(proc)
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(Exception), SyncRedis(port=port) as r:
+                if r.ping():
+                    return
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on {port} did not start:\n{self._log(port)}")
+            time.sleep(0.05)
+
+    def _log(self, port: int) -> str:
+        return (self.dir / str(port) / "redis.log").read_text(errors="replace")[-2000:]
+
+    def _wait_ok(self) -> None:
+        """Until every node says ``cluster_state:ok`` and knows all the others."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = []
+            for port in self.ports:
+                with SyncRedis(port=port) as r:
+                    info = r.cluster("INFO")
+                    states.append(
+                        info["cluster_state"] == "ok"
+                        and int(info["cluster_known_nodes"]) == len(self.ports)
+                    )
+            if all(states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("cluster_state did not become ok within 30 s")
+
+    def owner(self, slot: int) -> int:
+        """The port of the primary that serves `slot`."""
+        with SyncRedis(port=self.ports[0]) as r:
+            for start, end, primary, *_ in r.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return int(primary[1])
+        raise LookupError(slot)
+
+    def keys_by_port(self, pattern: str = "flowline:*") -> dict[int, set[str]]:
+        """Every key matching `pattern`, by the port of the primary that holds it."""
+        out = {}
+        for port in self.ports:
+            with SyncRedis(port=port) as r:
+                out[port] = {k.decode() for k in r.scan_iter(match=pattern, count=1000)}
+        return out
+
+    def flush(self) -> None:
+        for port in self.ports:
+            with SyncRedis(port=port) as r:
+                r.flushall()
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_servers() -> Iterator[LocalCluster]:
+    """The session's cluster (started at the first test that asks for it)."""
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(cluster_servers: LocalCluster) -> LocalCluster:
+    """The session's cluster, emptied for this test."""
+    cluster_servers.flush()
+    return cluster_servers
+
+
+@pytest.fixture
+async def cluster_redis(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
+    """A plain redis-py cluster client of the (emptied) cluster, for a test's own reads."""
+    client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in redis_cluster.ports])
+    yield client
+    await client.aclose()
