@@ -1,0 +1,310 @@
+"""flowline on a Redis Cluster: real `flowline worker` processes, a real nats-server and a local
+three-primary cluster (`tests.redis_cluster`), through a ``redis+cluster://`` URL.
+
+Each test also checks that the session's single Redis holds no flowline key: what it observed
+ran on the cluster. The store contract runs on the cluster too (`tests.test_backends`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.crc import key_slot
+
+import flowline
+from examples.fanbase.fanbase_pb2 import FanbaseEvent
+from flowline import Settings
+from flowline.backends.jetstream import ensure_stream
+from flowline.runtime.eventlog import stream_key
+from flowline.runtime.keys import QueueKeys, stream_dead_letters
+from flowline.servers import LocalServers
+from tests.apps import recorder
+
+from .conftest import ROOT, eventually, flowline_cli
+from .redis_cluster import LocalCluster
+
+APP = "tests.apps.recorder:pipeline"
+CHANNELS = "examples.fanbase.channels:app"
+Q = QueueKeys("recorder")
+FANBASE = {name: QueueKeys(f"fanbase-{name}") for name in ("email", "sms", "social", "audit")}
+
+
+@pytest.fixture
+def cluster_env(redis_cluster: LocalCluster, servers: LocalServers) -> dict[str, str]:
+    """The environment of a process on the cluster (and the session's nats-server)."""
+    return {**servers.env(), "FLOWLINE_REDIS_URL": redis_cluster.url}
+
+
+@pytest.fixture
+def on_cluster(servers: LocalServers, redis_cluster: LocalCluster) -> Settings:
+    return Settings(nats_url=servers.nats_url, redis_url=redis_cluster.url, grace=5.0)
+
+
+@pytest.fixture(autouse=True)
+def nothing_on_the_single_redis(servers: LocalServers) -> Any:
+    """After the test: the session's single Redis saw none of it."""
+    yield
+    with SyncRedis.from_url(servers.redis_url) as single:
+        assert single.keys("flowline:*") == []
+
+
+async def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(flowline_cli, *args, env=env)
+
+
+async def records(redis: Any, queue: QueueKeys) -> dict[str, dict[str, str]]:
+    """Every job record of `queue`, by job id (SCAN over every primary)."""
+    out = {}
+    async for key in redis.scan_iter(match=queue.job_prefix + "*", count=1000):
+        raw = await redis.hgetall(key)
+        out[key.decode().removeprefix(queue.job_prefix)] = {
+            k.decode(): v.decode() for k, v in raw.items()
+        }
+    return out
+
+
+async def completed(redis: Any, queue: QueueKeys, n: int) -> dict[str, dict[str, str]] | None:
+    found = await records(redis, queue)
+    done = len(found) == n and all(r["state"] == "completed" for r in found.values())
+    return found if done else None
+
+
+async def runs(redis: Any) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in await redis.lrange("test:runs", 0, -1)]
+
+
+def assert_each_queue_on_its_slots_primary(cluster: LocalCluster, queues: list[QueueKeys]) -> set:
+    """Every key of each queue is on the primary serving the queue's hash tag; returns the
+    ports of the primaries that hold them."""
+    held = cluster.keys_by_port()
+    ports = set()
+    for queue in queues:
+        owner = cluster.owner(key_slot(queue.jobs.encode()))
+        keys = {port: {k for k in ks if k.startswith(queue.prefix)} for port, ks in held.items()}
+        assert keys[owner], (queue.name, owner, held)
+        assert all(not ks for port, ks in keys.items() if port != owner), (queue.name, keys)
+        ports.add(owner)
+    return ports
+
+
+async def events_cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flowline", "events", *args,
+        cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def read_lines(proc: asyncio.subprocess.Process, n: int) -> list[dict[str, Any]]:
+    assert proc.stdout is not None
+    lines = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) for _ in range(n)]
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err
+    return lines
+
+
+async def test_fanbase_channels_run_with_their_queues_on_several_primaries(
+    worker, js, redis_cluster, cluster_redis, cluster_env
+):
+    """The fanbase channels example (two pipelines, four queues) sends and audits every
+    notification; each queue's keys live on its slot's primary, and the queues use more than
+    one primary. `flowline events` follows both pipelines' logs (two slots) as they happen,
+    and `flowline status` counts each queue's jobs."""
+    proc = worker(CHANNELS, env=cluster_env)
+    await proc.ready()
+    follower = await events_cli(cluster_env, CHANNELS, "job:complete", "--json")
+    await asyncio.sleep(1.5)  # the follower is reading from now on (it prints nothing before)
+    for fan, talent, action in (
+        ("fan-1", "talent-1", "followed"),
+        ("fan-2", "talent-2", "unfollowed"),
+    ):
+        await js.publish(
+            "fanbase", FanbaseEvent(fan=fan, talent=talent, action=action).SerializeToString()
+        )
+
+    want = {"email": 3, "sms": 2, "social": 1, "audit": 6}
+    for name, n in want.items():
+        await eventually(lambda q=FANBASE[name], n=n: completed(cluster_redis, q, n), timeout=20)
+    audited = await records(cluster_redis, FANBASE["audit"])
+    channels = Counter(json.loads(r["result"])["channel"] for r in audited.values())
+    assert channels == {"email": 3, "sms": 2, "social": 1}
+
+    ports = assert_each_queue_on_its_slots_primary(redis_cluster, list(FANBASE.values()))
+    assert len(ports) > 1, ports
+
+    lines = await read_lines(follower, 12)
+    by_pipeline = Counter(line["pipeline"] for line in lines)
+    assert by_pipeline == {"fanbase-channels": 6, "fanbase-audit": 6}
+    slots = {key_slot(stream_key(p).encode()) for p in by_pipeline}
+    assert len(slots) == 2  # what a single XREAD on a cluster would have refused
+
+    status = await cli(cluster_env, "status", CHANNELS, "--json")
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["servers"] == {"redis": "ok", "nats": "ok"}
+    done = {q["name"]: q["completed_1m"] for p in doc["pipelines"] for q in p["queues"]}
+    assert done == {f"fanbase-{name}": n for name, n in want.items()}
+    assert [p["pid"] for p in doc["processes"]] == [proc.pid]
+
+
+async def test_a_sigkilled_workers_job_is_taken_over_and_completes_once(
+    worker, js, redis_cluster, cluster_redis, cluster_env
+):
+    """A job whose worker is SIGKILLed mid-run is reclaimed by another worker after the
+    visibility timeout (2 s in the app) and completes there, once, as attempt 2."""
+    first = worker(APP, env=cluster_env)
+    await first.ready()
+    await ensure_stream(js, "recorder")
+    await js.publish(
+        "recorder", json.dumps({"jobs": [{"topic": "record", "data": {"sleep": 2}}]}).encode()
+    )
+    job_id = "recorder:1:0"
+
+    async def started(attempt: int) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in await runs(cluster_redis)
+            if r["event"] == "start" and r["attempt"] == attempt
+        ]
+
+    await eventually(lambda: started(1))
+    first.kill()
+    killed_at = time.time()
+    second = worker(APP, env=cluster_env)
+    await second.ready()
+    [again] = await eventually(lambda: started(2), timeout=20)
+    assert again["pid"] == second.pid
+    assert 1.5 <= again["t"] - killed_at <= 8
+    await eventually(lambda: completed(cluster_redis, Q, 1), timeout=20)
+    done = [r for r in await runs(cluster_redis) if r["event"] == "done"]
+    assert [(r["id"], r["pid"], r["attempt"]) for r in done] == [(job_id, second.pid, 2)]
+    record = (await records(cluster_redis, Q))[job_id]
+    assert (record["state"], record["attempt"]) == ("completed", "2")
+    assert_each_queue_on_its_slots_primary(redis_cluster, [Q])
+
+
+@pytest.mark.cluster
+async def test_many_jobs_survive_a_killed_worker_each_completing_once(
+    worker, js, cluster_redis, cluster_env
+):
+    """200 jobs over two workers, one SIGKILLed midway and replaced: every job completes,
+    none twice."""
+    a = worker(APP, "--concurrency", "10", env=cluster_env)
+    b = worker(APP, "--concurrency", "10", env=cluster_env)
+    await a.ready()
+    await b.ready()
+    await ensure_stream(js, "recorder")
+    for _ in range(40):
+        batch = [{"topic": "record", "data": {"sleep": 0.2}} for _ in range(5)]
+        await js.publish("recorder", json.dumps({"jobs": batch}).encode())
+
+    async def done_count() -> int:
+        return sum(r["event"] == "done" for r in await runs(cluster_redis))
+
+    await eventually(lambda: _at_least(done_count(), 60), timeout=30)
+    a.kill()
+    c = worker(APP, "--concurrency", "10", env=cluster_env)
+    await c.ready()
+    await eventually(lambda: completed(cluster_redis, Q, 200), timeout=60)
+    done = Counter(r["id"] for r in await runs(cluster_redis) if r["event"] == "done")
+    assert len(done) == 200
+    assert set(done.values()) == {1}, [i for i, n in done.items() if n > 1]
+    assert any(r["attempt"] == 2 for r in await runs(cluster_redis))  # a's jobs were taken over
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return await count >= n
+
+
+async def test_dead_letters_jobs_and_cancel_through_the_cli(
+    worker, js, redis_cluster, cluster_redis, cluster_env, on_cluster
+):
+    """`flowline dlq` lists and replays a job's and a message's dead letters; `flowline jobs`
+    finds a job by id, lists the failed, cancels a delayed job and cleans finished records;
+    `dlq purge` empties both stores: each on the cluster."""
+    proc = worker(APP, env={**cluster_env, "FLOWLINE_TEST_RETRIES": "0"})
+    await proc.ready()
+    flaky = {"jobs": [{"topic": "flaky", "data": {"succeed_on": 2}}]}
+    await js.publish("recorder", json.dumps(flaky).encode())
+    await js.publish("recorder", b"not json")
+    stream_side = stream_dead_letters(recorder.pipeline.name).dead
+    await eventually(lambda: cluster_redis.xlen(Q.dead))
+    await eventually(lambda: cluster_redis.xlen(stream_side))
+
+    listed = await cli(cluster_env, "dlq", "list", APP, "--json")
+    assert listed.returncode == 0, listed.stderr
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(x["stage"] for x in letters) == ["decode", "job"]
+    job_letter = next(x for x in letters if x["stage"] == "job")
+    replayed = await cli(cluster_env, "dlq", "replay", APP, job_letter["id"])
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1" in replayed.stdout
+
+    async def flaky_starts() -> int:
+        return sum(
+            r["topic"] == "flaky" and r["event"] == "start" for r in await runs(cluster_redis)
+        )
+
+    await eventually(lambda: _at_least(flaky_starts(), 2))
+    await eventually(lambda: cluster_redis.xlen(Q.dead))
+
+    shown = await cli(cluster_env, "jobs", APP, "recorder:1:0", "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert (doc["state"], doc["topic"], doc["error"]) == (
+        "failed",
+        "flaky",
+        "flaky failure on attempt 1",
+    )
+    assert "ConnectionError" in doc["traceback"]
+    failed = await cli(cluster_env, "jobs", APP, "--state", "failed", "--json")
+    assert [j["id"] for j in json.loads(failed.stdout)["jobs"]] == ["recorder:1:0"]
+
+    # A delayed job, written by enqueue_sync's own (sync) cluster client, then cancelled.
+    delayed = await asyncio.to_thread(
+        recorder.pipeline.enqueue_sync, "record", {}, delay=600, redis_url=redis_cluster.url
+    )
+    cancelled = await cli(cluster_env, "jobs", APP, "cancel", delayed)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert (
+        cancelled.stdout.strip()
+        == f"cancelled {delayed} (recorder): it was delayed and will not run"
+    )
+
+    async with flowline.connect(recorder.pipeline, on_cluster):
+        quick = await recorder.pipeline.enqueue("record", {})
+    await eventually(lambda: _state(cluster_redis, quick, "completed"))
+    await asyncio.sleep(1.1)
+    cleaned = await cli(
+        cluster_env, "jobs", APP, "clean", "--state", "completed", "--older-than", "1s"
+    )
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "deleted 1 completed job record(s)" in cleaned.stdout
+    assert not await cluster_redis.exists(Q.job(quick))
+    assert await cluster_redis.exists(Q.job(delayed))  # cancelled, not completed: kept
+
+    purged = await cli(cluster_env, "dlq", "purge", APP, "--all")
+    assert purged.returncode == 0, purged.stderr
+    assert "purged 2" in purged.stdout
+    assert await cluster_redis.xlen(Q.dead) == await cluster_redis.xlen(stream_side) == 0
+    assert_each_queue_on_its_slots_primary(
+        redis_cluster, [Q, stream_dead_letters(recorder.pipeline.name)]
+    )
+
+
+async def _state(redis: Any, job_id: str, state: str) -> bool:
+    return await redis.hget(Q.job(job_id), "state") == state.encode()
+
+
+pytestmark = pytest.mark.timeout(120)
