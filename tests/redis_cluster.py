@@ -137,10 +137,22 @@ class LocalCluster:
                 out[port] = {k.decode() for k in r.scan_iter(match=pattern, count=1000)}
         return out
 
+    def command_calls(self, name: str) -> int:
+        """How many times the primaries ran command `name` (``command|getkeys``) since the
+        last `flush`."""
+        total = 0
+        for port in self.ports:
+            with SyncRedis(port=port) as r:
+                stats = r.info("commandstats")
+                total += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        return total
+
     def flush(self) -> None:
+        """Empty every primary and reset its command counts."""
         for port in self.ports:
             with SyncRedis(port=port) as r:
                 r.flushall()
+                r.config_resetstat()
 
     def __exit__(self, *exc: object) -> None:
         for proc in self.procs:

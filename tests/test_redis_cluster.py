@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 from redis import Redis as SyncRedis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 import flowline
 from examples.fanbase.fanbase_pb2 import FanbaseEvent
 from flowline import Settings
 from flowline.backends.jetstream import ensure_stream
+from flowline.runtime.connections import connect_redis
 from flowline.runtime.eventlog import stream_key
 from flowline.runtime.keys import QueueKeys, stream_dead_letters
 from flowline.servers import LocalServers
@@ -97,6 +99,16 @@ def assert_each_queue_on_its_slots_primary(cluster: LocalCluster, queues: list[Q
     return ports
 
 
+async def follow_and_unfollow(js: Any) -> None:
+    """fan-1 follows talent-1, then fan-2 unfollows talent-2."""
+    for fan, talent, action in (
+        ("fan-1", "talent-1", "followed"),
+        ("fan-2", "talent-2", "unfollowed"),
+    ):
+        event = FanbaseEvent(fan=fan, talent=talent, action=action)
+        await js.publish("fanbase", event.SerializeToString())
+
+
 async def events_cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flowline", "events", *args,
@@ -125,13 +137,7 @@ async def test_fanbase_channels_run_with_their_queues_on_several_primaries(
     await proc.ready()
     follower = await events_cli(cluster_env, CHANNELS, "job:complete", "--json")
     await asyncio.sleep(1.5)  # the follower is reading from now on (it prints nothing before)
-    for fan, talent, action in (
-        ("fan-1", "talent-1", "followed"),
-        ("fan-2", "talent-2", "unfollowed"),
-    ):
-        await js.publish(
-            "fanbase", FanbaseEvent(fan=fan, talent=talent, action=action).SerializeToString()
-        )
+    await follow_and_unfollow(js)
 
     want = {"email": 3, "sms": 2, "social": 1, "audit": 6}
     for name, n in want.items():
@@ -156,6 +162,39 @@ async def test_fanbase_channels_run_with_their_queues_on_several_primaries(
     done = {q["name"]: q["completed_1m"] for p in doc["pipelines"] for q in p["queues"]}
     assert done == {f"fanbase-{name}": n for name, n in want.items()}
     assert [p["pid"] for p in doc["processes"]] == [proc.pid]
+    # Workers' XREADGROUP and the follower's XREADs found their slots without asking a node
+    # for their keys (redis-py would, with COMMAND GETKEYS, once per read).
+    assert redis_cluster.command_calls("command|getkeys") == 0
+
+
+async def test_the_fanbase_example_runs_on_the_cluster(worker, js, cluster_redis, cluster_env):
+    """The README's fanbase pipeline: a follow becomes two emails, an unfollow one."""
+    proc = worker("examples.fanbase.pipeline:pipeline", env=cluster_env)
+    await proc.ready()
+    await follow_and_unfollow(js)
+    queue = QueueKeys("fanbase-notifications")
+    done = await eventually(lambda: completed(cluster_redis, queue, 3))
+    topics = sorted(r["topic"] for r in done.values())
+    assert topics == ["confirm-fan-unfollowing", "notify-fan-following", "notify-talent-following"]
+    assert {r["progress"] for r in done.values()} == {"100"}
+
+
+async def test_commands_past_the_pool_wait_for_a_connection(redis_cluster, cluster_redis):
+    """More concurrent commands than `redis_max_connections` wait their turn instead of
+    failing (redis-py's cluster pools raise when full), and no node gets more connections."""
+    settings = Settings(redis_url=redis_cluster.url, redis_max_connections=4)
+    redis = await connect_redis(settings, name="pool-test")
+    try:
+        key = QueueKeys("pool").jobs
+        replies = await asyncio.gather(
+            *(redis.xread({key: "$"}, block=100) for _ in range(40)), return_exceptions=True
+        )
+        assert [r for r in replies if isinstance(r, Exception)] == []
+        by_node = await cluster_redis.client_list(target_nodes=RedisCluster.PRIMARIES)
+        ours = {node: sum(c["name"] == "pool-test" for c in cs) for node, cs in by_node.items()}
+        assert 1 <= max(ours.values()) <= 4, ours
+    finally:
+        await redis.aclose()
 
 
 async def test_a_sigkilled_workers_job_is_taken_over_and_completes_once(
