@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -33,6 +34,8 @@ from .._settings import Settings, cluster_nodes
 # How long a command waits for a free connection before it fails like a Redis outage would
 # (`connections.POOL_WAIT`: the same wait as a single Redis's blocking pool).
 POOL_WAIT = 30.0
+# The client one of whose permits the current task holds.
+_PERMITTED: contextvars.ContextVar[object] = contextvars.ContextVar("permitted", default=None)
 
 
 class WaitingCluster(RedisCluster):
@@ -44,13 +47,20 @@ class WaitingCluster(RedisCluster):
 
     @contextlib.asynccontextmanager
     async def _flowline_permit(self) -> AsyncIterator[None]:
+        if _PERMITTED.get() is self:
+            # A command sent while this task holds a permit (a pipeline retrying one of its
+            # commands after a MOVED): waiting for a second permit could wait forever.
+            yield
+            return
         try:
             await asyncio.wait_for(self._flowline_slots.acquire(), POOL_WAIT)
         except TimeoutError:
             raise RedisConnectionError("no Redis connection free") from None
+        token = _PERMITTED.set(self)
         try:
             yield
         finally:
+            _PERMITTED.reset(token)
             self._flowline_slots.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
