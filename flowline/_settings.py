@@ -24,7 +24,8 @@ class Settings:
         grace: seconds in-flight jobs get to finish on shutdown before being handed back.
         concurrency: overrides every queue's concurrency in this process when set.
         nats_options: extra keyword arguments for `nats.connect` (tls, user_credentials...).
-        redis_options: extra keyword arguments for `redis.asyncio.Redis.from_url`.
+        redis_options: extra keyword arguments for `redis.asyncio.Redis.from_url` (for
+            `redis.asyncio.RedisCluster` with a cluster URL).
         tls_ca: a CA certificate file trusted for ``tls://`` NATS and ``rediss://`` Redis
             (default: the system's trust store).
         http_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (0: any free
