@@ -26,6 +26,7 @@ import flowline
 from examples.fanbase.fanbase_pb2 import FanbaseEvent
 from flowline import Settings
 from flowline.backends.jetstream import ensure_stream
+from flowline.runtime.cluster import WaitingCluster
 from flowline.runtime.connections import connect_redis
 from flowline.runtime.eventlog import stream_key
 from flowline.runtime.keys import QueueKeys, stream_dead_letters
@@ -349,6 +350,24 @@ async def test_dead_letters_jobs_and_cancel_through_the_cli(
 
 async def _state(redis: Any, job_id: str, state: str) -> bool:
     return await redis.hget(Q.job(job_id), "state") == state.encode()
+
+
+async def test_a_task_holding_a_permit_sends_more_without_waiting(redis_cluster):
+    """A command sent while its task holds the client's only permit (as a pipeline retrying a
+    redirected command does) goes through instead of waiting for a second one."""
+    settings = Settings(redis_url=redis_cluster.url, redis_max_connections=4)
+    redis = await connect_redis(settings)
+    assert isinstance(redis, WaitingCluster)
+    try:
+        for _ in range(4):
+            await redis._flowline_slots.acquire()  # every other permit is taken
+        redis._flowline_slots.release()
+        async with redis._flowline_permit():
+            assert await asyncio.wait_for(redis.ping(), 2)
+    finally:
+        for _ in range(3):
+            redis._flowline_slots.release()
+        await redis.aclose()
 
 
 pytestmark = pytest.mark.timeout(120)
