@@ -162,8 +162,8 @@ def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | No
     """The startup nodes, user and password of ``redis+cluster://[user:pass@]h:p[,h:p...]``.
 
     Raises:
-        ConfigurationError: a node without a host or with a bad port, or a database number
-            (a cluster has database 0 only).
+        ConfigurationError: a node without a host or with a bad port, a database number (a
+            cluster has database 0 only), or ``?options`` (which would be ignored).
     """
     s = urlsplit(url.strip())
     userinfo, at, hosts = s.netloc.rpartition("@")
@@ -173,6 +173,11 @@ def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | No
         user, password = unquote(name) or None, unquote(secret) if colon else None
     if s.path.strip("/") not in ("", "0"):
         raise ConfigurationError(f"a Redis Cluster has database 0 only: {redact(url)!r}")
+    if s.query:
+        raise ConfigurationError(
+            f"options in a Redis Cluster URL are not read; pass them as "
+            f"Settings(redis_options=...): {redact(url)!r}"
+        )
     nodes = []
     for one in hosts.split(","):
         node = urlsplit("//" + one.strip())

@@ -106,10 +106,16 @@ class TestValidation:
                 "redis+cluster://h:1/2",
                 "a Redis Cluster has database 0 only: 'redis+cluster://h:1/2'",
             ),
+            (
+                "redis+cluster://:pw@h:1?ssl_cert_reqs=none",
+                "options in a Redis Cluster URL are not read; pass them as "
+                "Settings(redis_options=...): 'redis+cluster://:***@h:1?ssl_cert_reqs=none'",
+            ),
         ],
     )
     def test_bad_redis_cluster_url(self, url: str, message: str) -> None:
-        """A cluster URL with a bad node list or a database number is refused in one line."""
+        """A cluster URL with a bad node list, a database number or options is refused in one
+        line (options would be silently ignored)."""
         with pytest.raises(ConfigurationError) as info:
             Settings(redis_url=url)
         assert str(info.value) == message
