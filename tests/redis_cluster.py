@@ -1,7 +1,10 @@
 """A local three-primary Redis Cluster on free loopback ports, and its pytest fixtures.
 
-with LocalCluster() as cluster:
-    settings = Settings(redis_url=cluster.url)   # redis+cluster://127.0.0.1:p1,...
+    with LocalCluster() as cluster:
+        settings = Settings(redis_url=cluster.url)   # redis+cluster://127.0.0.1:p1,...
+
+`LocalCluster(tls=True, password=...)` serves TLS only (``rediss+cluster://``), its nodes'
+self-signed certificate in `ca_file`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,19 @@ NODE_OPTIONS = (
 REPLICAS = ("--cluster-replicas", "0", "--cluster-yes")
 
 
+def make_certificate(directory: Path) -> None:
+    """A throwaway self-signed certificate for 127.0.0.1: cert.pem and key.pem."""
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+            *("-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def cluster_port() -> int:
     """A free port whose cluster bus port (10000 higher) is free too; both under 65536."""
     for _ in range(100):
@@ -49,7 +65,8 @@ class LocalCluster:
     """Three ``redis-server --cluster-enabled yes`` primaries (AOF, ``appendfsync always``, no
     replicas), their 16384 slots split by ``redis-cli --cluster create``."""
 
-    def __init__(self, primaries: int = 3) -> None:
+    def __init__(self, primaries: int = 3, *, tls: bool = False, password: str | None = None):
+        self.tls, self.password = tls, password
         self.dir = Path(tempfile.mkdtemp(prefix="flowline-cluster-"))
         self.ports: list[int] = []
         while len(self.ports) < primaries:
@@ -60,17 +77,51 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        cred = f":{self.password}@" if self.password else ""
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return f"{'rediss' if self.tls else 'redis'}+cluster://{cred}{nodes}"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The certificate clients must trust (`tls`: the nodes' own, self-signed)."""
+        return str(self.dir / "cert.pem") if self.tls else None
+
+    def client(self, port: int) -> SyncRedis:
+        """A plain client of one node."""
+        if self.tls:
+            return SyncRedis(port=port, password=self.password, ssl=True, ssl_ca_certs=self.ca_file)
+        return SyncRedis(port=port, password=self.password)
+
+    def _security(self, port: int) -> list[str]:
+        """A node's options for `password` and `tls` (TLS on its port and its cluster bus)."""
+        args = (
+            ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        )
+        if not self.tls:
+            return ["--port", str(port), *args]
+        cert, key = str(self.dir / "cert.pem"), str(self.dir / "key.pem")
+        return [
+            *("--port", "0", "--tls-port", str(port), "--tls-cluster", "yes"),
+            *("--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert),
+            *("--tls-auth-clients", "no", *args),
+        ]
+
+    def _cli_security(self) -> list[str]:
+        args = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        return [*args, "--tls", "--cacert", str(self.dir / "cert.pem")] if self.tls else args
 
     def __enter__(self) -> LocalCluster:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
         try:
+            if self.tls:
+                make_certificate(self.dir)
             for port in self.ports:
                 self._start(port)
+            nodes = [f"127.0.0.1:{p}" for p in self.ports]
             subprocess.run(
-                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports), *REPLICAS],
+                [cli, "--cluster", "create", *nodes, *REPLICAS, *self._cli_security()],
                 check=True,
                 capture_output=True,
                 timeout=30,
@@ -86,7 +137,7 @@ class LocalCluster:
         data.mkdir()
         log = open(data / "redis.log", "wb")  # noqa: SIM115 - the server's, closed with it
         proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(port), "--dir", str(data), *NODE_OPTIONS],
+            [redis_server_binary(), *self._security(port), "--dir", str(data), *NODE_OPTIONS],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -94,7 +145,7 @@ class LocalCluster:
         self.procs.append(proc)
         deadline = time.monotonic() + 15
         while True:
-            with contextlib.suppress(Exception), SyncRedis(port=port) as r:
+            with contextlib.suppress(Exception), self.client(port) as r:
                 if r.ping():
                     return
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -110,7 +161,7 @@ class LocalCluster:
         while time.monotonic() < deadline:
             states = []
             for port in self.ports:
-                with SyncRedis(port=port) as r:
+                with self.client(port) as r:
                     info = r.cluster("INFO")
                     states.append(
                         info["cluster_state"] == "ok"
@@ -123,7 +174,7 @@ class LocalCluster:
 
     def owner(self, slot: int) -> int:
         """The port of the primary that serves `slot`."""
-        with SyncRedis(port=self.ports[0]) as r:
+        with self.client(self.ports[0]) as r:
             for start, end, primary, *_ in r.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
                     return int(primary[1])
@@ -133,7 +184,7 @@ class LocalCluster:
         """Every key matching `pattern`, by the port of the primary that holds it."""
         out = {}
         for port in self.ports:
-            with SyncRedis(port=port) as r:
+            with self.client(port) as r:
                 out[port] = {k.decode() for k in r.scan_iter(match=pattern, count=1000)}
         return out
 
@@ -142,7 +193,7 @@ class LocalCluster:
         last `flush`."""
         total = 0
         for port in self.ports:
-            with SyncRedis(port=port) as r:
+            with self.client(port) as r:
                 stats = r.info("commandstats")
                 total += int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
         return total
@@ -150,7 +201,7 @@ class LocalCluster:
     def flush(self) -> None:
         """Empty every primary and reset its command counts."""
         for port in self.ports:
-            with SyncRedis(port=port) as r:
+            with self.client(port) as r:
                 r.flushall()
                 r.config_resetstat()
 
@@ -171,6 +222,13 @@ class LocalCluster:
 def cluster_servers() -> Iterator[LocalCluster]:
     """The session's cluster (started at the first test that asks for it)."""
     with LocalCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def tls_cluster() -> Iterator[LocalCluster]:
+    """A second cluster, with a password and TLS only (started when a test asks for it)."""
+    with LocalCluster(tls=True, password="s3cret-cluster") as cluster:
         yield cluster
 
 

@@ -370,4 +370,30 @@ async def test_a_task_holding_a_permit_sends_more_without_waiting(redis_cluster)
         await redis.aclose()
 
 
+async def test_a_worker_on_a_cluster_with_tls_and_a_password(worker, js, servers, tls_cluster):
+    """rediss+cluster:// with a password and FLOWLINE_TLS_CA: the worker runs a job; the
+    password appears in no log line."""
+    tls_cluster.flush()
+    env = {
+        **servers.env(),
+        "FLOWLINE_REDIS_URL": tls_cluster.url,
+        "FLOWLINE_TLS_CA": str(tls_cluster.ca_file),
+    }
+    proc = worker(APP, env=env)
+    await proc.ready()
+    await ensure_stream(js, "recorder")
+    await js.publish("recorder", json.dumps({"jobs": [{"topic": "record"}]}).encode())
+
+    def done() -> bool:
+        port = tls_cluster.owner(key_slot(Q.jobs.encode()))
+        with tls_cluster.client(port) as r:
+            return r.hget(Q.job("recorder:1:0"), "state") == b"completed"
+
+    await eventually(done)
+    started = next(x for x in proc.lines() if x.get("event") == "flowline started")
+    assert started["redis"] == tls_cluster.url.replace("s3cret-cluster", "***")
+    assert "s3cret-cluster" not in proc.output()
+    assert tls_cluster.url.startswith("rediss+cluster://:s3cret-cluster@")
+
+
 pytestmark = pytest.mark.timeout(120)

@@ -37,7 +37,8 @@ def _client() -> Redis:
         url = os.environ["FLOWLINE_REDIS_URL"]
         ca = os.environ.get("FLOWLINE_TLS_CA")
         if is_cluster_url(url):  # the worker's own client: the same on a cluster
-            _redis = connect_cluster(Settings(redis_url=url), 8, {})
+            settings = Settings(redis_url=url, tls_ca=ca)
+            _redis = connect_cluster(settings, 8, settings.redis_connect_options())
         elif url.startswith("rediss"):
             _redis = Redis.from_url(url, ssl_ca_certs=ca)
         else:
