@@ -19,13 +19,15 @@ class Settings:
 
     Args:
         nats_url: NATS server(s), comma-separated; credentials may be in the URL.
-        redis_url: Redis URL: ``redis://`` (``rediss://`` for TLS), or
+        redis_url: Redis URL: ``redis://`` (``rediss://`` for TLS);
             ``redis+sentinel://host:26379,host2:26379/service[/db]`` for a Sentinel-managed
-            primary (`SentinelURL`).
+            primary (`SentinelURL`); or a Redis Cluster's ``redis+cluster://host:port,host:port``
+            (``rediss+...`` for TLS).
         grace: seconds in-flight jobs get to finish on shutdown before being handed back.
         concurrency: overrides every queue's concurrency in this process when set.
         nats_options: extra keyword arguments for `nats.connect` (tls, user_credentials...).
-        redis_options: extra keyword arguments for `redis.asyncio.Redis.from_url`.
+        redis_options: extra keyword arguments for `redis.asyncio.Redis.from_url` (for
+            `redis.asyncio.RedisCluster` with a cluster URL).
         tls_ca: a CA certificate file trusted for ``tls://`` NATS and ``rediss://`` Redis
             (default: the system's trust store).
         http_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (0: any free
@@ -64,11 +66,18 @@ class Settings:
             if urlsplit(url.strip()).scheme not in ("nats", "tls", "ws", "wss"):
                 raise ConfigurationError(f"not a NATS URL: {redact(url)!r}")
         scheme = urlsplit(self.redis_url).scheme
-        if scheme in SentinelURL.SCHEMES:
+        if is_cluster_url(self.redis_url):
+            cluster_nodes(self.redis_url)  # raises on a bad node list
+            if self.redis_wait_replicas:
+                raise ConfigurationError(
+                    "redis_wait_replicas is not supported on a Redis Cluster (WAIT answers for "
+                    "one node's connection, and a cluster pipeline spans nodes)"
+                )
+        elif scheme in SentinelURL.SCHEMES:
             SentinelURL.parse(self.redis_url)  # raises for a malformed one
         elif scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"not a Redis URL: {redact(self.redis_url)!r}")
-        for url in (*self.nats_url.split(","), *_plain(self.redis_url)):
+        for url in (*self.nats_url.split(","), *_single(self.redis_url)):
             try:
                 _ = urlsplit(url.strip()).port
             except ValueError:
@@ -142,14 +151,6 @@ class Settings:
         return f"Settings(nats_url={redact(self.nats_url)!r}, redis_url={redact(self.redis_url)!r})"
 
 
-def _plain(url: str) -> list[str]:
-    """The URL, or for a Sentinel URL one URL per Sentinel, for the common port checks."""
-    s = urlsplit(url)
-    if s.scheme not in SentinelURL.SCHEMES:
-        return [url]
-    return [f"redis://{host}" for host in s.netloc.rpartition("@")[2].split(",")]
-
-
 @dataclass(frozen=True)
 class SentinelURL:
     """A ``redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]`` URL:
@@ -199,7 +200,10 @@ class SentinelURL:
 def redact(url: str) -> str:
     """The URL with any password or token replaced by ``***`` (for logs and events)."""
     parts = []
-    for one in url.split(","):
+    # A cluster or Sentinel URL is one URL whose netloc lists the nodes: a comma in its
+    # password must not split it (NATS lists whole URLs).
+    whole = is_cluster_url(url) or urlsplit(url).scheme in SentinelURL.SCHEMES
+    for one in [url] if whole else url.split(","):
         s = urlsplit(one.strip())
         # Split the netloc by hand: .hostname drops IPv6 brackets and .port raises on bad ports.
         userinfo, at, host = s.netloc.rpartition("@")
@@ -209,3 +213,52 @@ def redact(url: str) -> str:
             one = urlunsplit((s.scheme, f"{cred}@{host}", s.path, s.query, s.fragment))
         parts.append(one)
     return ",".join(parts)
+
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for a Redis Cluster URL: ``redis+cluster://`` or ``rediss+cluster://`` (TLS)."""
+    return urlsplit(url.split(",", 1)[0].strip()).scheme in CLUSTER_SCHEMES
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The startup nodes, user and password of ``redis+cluster://[user:pass@]h:p[,h:p...]``.
+
+    Raises:
+        ConfigurationError: a node without a host or with a bad port, a database number (a
+            cluster has database 0 only), or ``?options`` (which would be ignored).
+    """
+    s = urlsplit(url.strip())
+    userinfo, at, hosts = s.netloc.rpartition("@")
+    user = password = None
+    if at:
+        name, colon, secret = userinfo.partition(":")
+        user, password = unquote(name) or None, unquote(secret) if colon else None
+    if s.path.strip("/") not in ("", "0"):
+        raise ConfigurationError(f"a Redis Cluster has database 0 only: {redact(url)!r}")
+    if s.query:
+        raise ConfigurationError(
+            f"options in a Redis Cluster URL are not read; pass them as "
+            f"Settings(redis_options=...): {redact(url)!r}"
+        )
+    nodes = []
+    for one in hosts.split(","):
+        node = urlsplit("//" + one.strip())
+        try:
+            port = node.port or 6379
+        except ValueError:
+            raise ConfigurationError(f"bad port in {redact(url)!r}") from None
+        if not node.hostname:
+            raise ConfigurationError(f"no host in Redis Cluster URL {redact(url)!r}")
+        nodes.append((node.hostname, port))
+    return nodes, user, password
+
+
+def _single(redis_url: str) -> list[str]:
+    """`redis_url` for the port check of single-server URLs (a cluster's and a Sentinel
+    URL's parsers check their own)."""
+    if is_cluster_url(redis_url) or urlsplit(redis_url).scheme in SentinelURL.SCHEMES:
+        return []
+    return [redis_url]

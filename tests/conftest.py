@@ -21,6 +21,10 @@ from redis.asyncio import Redis
 from flowline import Settings
 from flowline.servers import LocalServers
 
+# The Redis Cluster fixtures, for every module (a session fixture imported by two modules
+# would start two clusters).
+from .redis_cluster import cluster_redis, cluster_servers, redis_cluster, tls_cluster  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

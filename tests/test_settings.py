@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from flowline import ConfigurationError, Settings
-from flowline._settings import DEFAULT_NATS_URL, DEFAULT_REDIS_URL, redact
+from flowline._settings import (
+    DEFAULT_NATS_URL,
+    DEFAULT_REDIS_URL,
+    cluster_nodes,
+    is_cluster_url,
+    redact,
+)
 
 
 @pytest.fixture
@@ -69,6 +75,59 @@ class TestValidation:
     def test_redis_schemes(self, url: str) -> None:
         """redis, rediss and unix URLs are accepted."""
         assert Settings(redis_url=url).redis_url == url
+
+    @pytest.mark.parametrize(
+        ("url", "nodes", "user", "password"),
+        [
+            ("redis+cluster://h1:7000,h2:7001", [("h1", 7000), ("h2", 7001)], None, None),
+            ("rediss+cluster://:pw@h1", [("h1", 6379)], None, "pw"),
+            (
+                "redis+cluster://u:p%40ss@h1:7000,[::1]:7001/0",
+                [("h1", 7000), ("::1", 7001)],
+                "u",
+                "p@ss",
+            ),
+        ],
+    )
+    def test_redis_cluster_urls(
+        self, url: str, nodes: list[tuple[str, int]], user: str | None, password: str | None
+    ) -> None:
+        """redis+cluster and rediss+cluster URLs list startup nodes, with optional credentials."""
+        assert Settings(redis_url=url).redis_url == url
+        assert is_cluster_url(url)
+        assert cluster_nodes(url) == (nodes, user, password)
+
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("redis+cluster://u:hunter2@h:99999", "bad port in 'redis+cluster://u:***@h:99999'"),
+            ("redis+cluster://h:1,,h:2", "no host in Redis Cluster URL 'redis+cluster://h:1,,h:2'"),
+            (
+                "redis+cluster://h:1/2",
+                "a Redis Cluster has database 0 only: 'redis+cluster://h:1/2'",
+            ),
+            (
+                "redis+cluster://:pw@h:1?ssl_cert_reqs=none",
+                "options in a Redis Cluster URL are not read; pass them as "
+                "Settings(redis_options=...): 'redis+cluster://:***@h:1?ssl_cert_reqs=none'",
+            ),
+        ],
+    )
+    def test_bad_redis_cluster_url(self, url: str, message: str) -> None:
+        """A cluster URL with a bad node list, a database number or options is refused in one
+        line (options would be silently ignored)."""
+        with pytest.raises(ConfigurationError) as info:
+            Settings(redis_url=url)
+        assert str(info.value) == message
+
+    def test_tls_ca_applies_to_rediss_cluster(self) -> None:
+        """The CA file is passed for rediss+cluster:// as for rediss://, not for redis+cluster."""
+        tls = Settings(redis_url="rediss+cluster://h:1", tls_ca="/ca.pem")
+        assert tls.redis_connect_options() == {"ssl_ca_certs": "/ca.pem"}
+        assert (
+            Settings(redis_url="redis+cluster://h:1", tls_ca="/ca.pem").redis_connect_options()
+            == {}
+        )
 
     def test_bad_redis_scheme_hides_password(self) -> None:
         """A non-Redis URL is refused; the message shows it without its password."""
@@ -138,6 +197,15 @@ class TestRedaction:
             "nats://***@n1:4222,nats://u:***@n2:4222,nats://n3:4222"
         )
 
+    def test_cluster_url(self) -> None:
+        """A cluster URL's password is hidden, even one with a comma in it; nodes are kept."""
+        assert redact("redis+cluster://u:hunter2@h1:7000,h2:7001") == (
+            "redis+cluster://u:***@h1:7000,h2:7001"
+        )
+        assert redact("rediss+cluster://:a,b@h1:7000,h2:7001") == (
+            "rediss+cluster://:***@h1:7000,h2:7001"
+        )
+
     def test_malformed_port_still_redacts(self) -> None:
         """A URL with a bad port is still shown, password hidden, rather than raising."""
         assert redact("redis://admin:hunter2@cache:99999/0") == "redis://admin:***@cache:99999/0"
@@ -161,3 +229,8 @@ class TestRedaction:
         assert str(settings) == text
         for secret in ("tok", "natspw", "hunter2", "other-secret"):
             assert secret not in text
+
+
+def test_waiting_for_replicas_is_refused_on_a_cluster_url():
+    with pytest.raises(ConfigurationError, match="redis_wait_replicas is not supported on a Redis"):
+        Settings(redis_url="redis+cluster://127.0.0.1:7000", redis_wait_replicas=1)

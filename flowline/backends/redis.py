@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from ..errors import NotReplicated
 from ..runtime import deadletters, fanin, jobs
+from ..runtime.cluster import run_scripts
 from ..runtime.enqueue import by_queue
 from ..runtime.inspect import STATS_BUCKET
 from ..runtime.keys import GROUP, QueueKeys, cron_key, fan_in_keys, stream_dead_letters
@@ -110,19 +111,24 @@ def write_sync(redis: SyncRedis, rows: list[Planned], wait_replicas: int = 0) ->
     `wait_replicas`, as `RedisStore.wait_replicas` does."""
     scripts = {False: redis.register_script(ENQUEUE), True: redis.register_script(ENQUEUE_GROUPED)}
     now_ms = int(time.time() * 1000)
+    calls = [
+        call for queue, planned in by_queue(rows).items()
+        for call in enqueue_calls(queue, planned, now_ms)
+    ]  # fmt: skip
+    if not wait_replicas:
+        return sum(int(scripts[grouped](keys=keys, args=args)) for grouped, keys, args in calls)
+    # The calls and the WAIT on one connection (WAIT answers for its own connection's writes).
     pipe = redis.pipeline(transaction=False)
-    for queue, planned in by_queue(rows).items():
-        for grouped, keys, args in enqueue_calls(queue, planned, now_ms):
-            scripts[grouped](keys=keys, args=args, client=pipe)
-    if wait_replicas:
-        pipe.execute_command("WAIT", wait_replicas, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
-    results = pipe.execute()
-    if wait_replicas and int(results.pop()) < wait_replicas:
+    for grouped, keys, args in calls:
+        scripts[grouped](keys=keys, args=args, client=pipe)
+    pipe.execute_command("WAIT", wait_replicas, WAIT_TIMEOUT_MS)  # type: ignore[no-untyped-call]
+    *added, acked = pipe.execute()
+    if int(acked) < wait_replicas:
         raise NotReplicated(
-            f"{len(rows)} jobs reached fewer than {wait_replicas} replicas within "
+            f"{len(rows)} jobs reached {acked} of {wait_replicas} replicas within "
             f"{WAIT_TIMEOUT_MS} ms"
         )
-    return sum(int(r) for r in results)
+    return sum(int(a) for a in added)
 
 
 class RedisStore(JobStore):
@@ -442,16 +448,14 @@ class RedisStore(JobStore):
     async def fan_in_finished(
         self, pipeline: str, job_ids: Sequence[str], keep: int
     ) -> list[tuple[str, int]]:
-        pipe = self.redis.pipeline(transaction=False)
-        origins = []
-        for job_id in job_ids:
-            origin = fanin.origin_of(job_id)
-            origins.append(origin)
-            meta, done = fan_in_keys(pipeline, origin)
-            await self.scripts.fan_in(keys=[meta, done], args=[job_id, keep], client=pipe)
+        origins = [fanin.origin_of(job_id) for job_id in job_ids]
         if not origins:
             return []
-        results = await pipe.execute()
+        calls = [
+            (list(fan_in_keys(pipeline, origin)), [job_id, keep])
+            for origin, job_id in zip(origins, job_ids, strict=True)
+        ]
+        results = await run_scripts(self.redis, self.scripts.fan_in, calls)
         return [(o, int(t)) for o, t in zip(origins, results, strict=True) if int(t)]
 
     async def bury(self, pipeline: str, record: str) -> str:

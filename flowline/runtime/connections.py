@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import nats
@@ -13,8 +13,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.sentinel import Sentinel as SyncSentinel
 
-from .._settings import SentinelURL, Settings, redact
+from .._settings import SentinelURL, Settings, is_cluster_url, redact
 from ..errors import ConfigurationError
+from .cluster import connect_cluster
 
 log = structlog.get_logger("flowline.connections")
 
@@ -76,7 +77,11 @@ async def connect_redis(
 
     Every connection carries `name` (``CLIENT SETNAME``), so ``CLIENT LIST`` tells which
     process holds which connections; a ``client_name`` in ``redis_options`` wins.
+
+    A ``redis+cluster://`` URL gives a Redis Cluster client (`runtime.cluster`).
     """
+    if is_cluster_url(settings.redis_url):
+        return await _connect_cluster(settings, max_connections, check=check, name=name)
     options = {
         "max_connections": settings.redis_max_connections or max_connections,
         "timeout": POOL_WAIT,
@@ -122,6 +127,11 @@ def _sentinel_pool(url: SentinelURL, options: dict[str, Any]) -> BlockingConnect
 
 def connect_redis_sync(settings: Settings) -> SyncRedis:
     """A synchronous client for `enqueue_sync`, on any URL form flowline takes."""
+    if is_cluster_url(settings.redis_url):
+        from .cluster import sync_cluster
+
+        # The cluster client offers the commands `write_sync` sends (script calls, routed by key).
+        return cast(SyncRedis, sync_cluster(settings))
     options = {"client_name": "flowline", **settings.redis_connect_options()}
     if urlsplit(settings.redis_url).scheme not in SentinelURL.SCHEMES:
         return SyncRedis.from_url(settings.redis_url, **options)
@@ -139,6 +149,26 @@ def connect_redis_sync(settings: Settings) -> SyncRedis:
         **options,
     )
     return client
+
+
+async def _connect_cluster(
+    settings: Settings, max_connections: int, *, check: bool, name: str
+) -> Redis:
+    """`connect_redis` for a ``redis+cluster://`` URL: the same options and check, a pool of
+    that size per node (`runtime.cluster`)."""
+    options = {
+        "health_check_interval": 10,
+        "socket_keepalive": True,
+        **{"client_name": name, **settings.redis_connect_options()},
+    }
+    redis = connect_cluster(settings, settings.redis_max_connections or max_connections, options)
+    if check:
+        try:
+            await ping_redis(redis, settings)
+        except ConfigurationError:
+            await redis.aclose()
+            raise
+    return redis
 
 
 async def ping_redis(redis: Redis, settings: Settings) -> None:

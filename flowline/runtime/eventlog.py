@@ -48,7 +48,7 @@ import random
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -60,6 +60,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._events import LIFECYCLE, Event, matches
 from .._settings import Settings
 from ..errors import ConfigurationError
+from .cluster import is_cluster
 from .connections import connect_redis
 from .job import JobContext
 
@@ -606,8 +607,23 @@ async def tail(
                 for rec in _entry(pipeline, entry, fields)[int(start["index"]) + 1 :]:
                     if wanted(rec.event.name):
                         yield rec
+    stopped = (lambda: False) if stop is None else stop.is_set
+    follow = _follow_each if is_cluster(redis) and len(cursor) > 1 else _follow
+    async with contextlib.aclosing(follow(redis, cursor, block_ms, stopped)) as batches:
+        async for key, entries in batches:
+            for entry, fields in entries:
+                for rec in _entry(keys[key], entry, fields):
+                    if wanted(rec.event.name):
+                        yield rec
+
+
+async def _follow(
+    redis: Redis, cursor: dict[str, str], block_ms: int, stopped: Callable[[], bool]
+) -> AsyncGenerator[tuple[str, Any], None]:
+    """(stream, entries) after `cursor`'s ids, as XREAD BLOCK finds them, until `stopped`;
+    waits out Redis outages."""
     failures = 0
-    while stop is None or not stop.is_set():
+    while not stopped():
         try:
             reply: Any = await redis.xread(cursor, count=100, block=block_ms)  # type: ignore[arg-type]
             failures = 0
@@ -619,11 +635,37 @@ async def tail(
             continue
         for raw_key, entries in reply or ():
             key = _decoded(raw_key)
-            for entry, fields in entries:
-                cursor[key] = _decoded(entry)
-                for rec in _entry(keys[key], entry, fields):
-                    if wanted(rec.event.name):
-                        yield rec
+            if entries:
+                cursor[key] = _decoded(entries[-1][0])
+            yield key, entries
+
+
+async def _follow_each(
+    redis: Redis, cursor: dict[str, str], block_ms: int, stopped: Callable[[], bool]
+) -> AsyncGenerator[tuple[str, Any], None]:
+    """`_follow` on a Redis Cluster, which refuses an XREAD of keys in several slots (each
+    pipeline's log has its own): one blocking reader per stream, merged as they answer, so a
+    quiet log never delays a busy one."""
+    batches: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=len(cursor))
+    halt = asyncio.Event()
+
+    async def read(key: str) -> None:
+        async for batch in _follow(redis, {key: cursor[key]}, block_ms, halt.is_set):
+            await batches.put(batch)
+
+    readers = [asyncio.create_task(read(key), name=f"events:{key}") for key in cursor]
+    try:
+        while not stopped():
+            for task in readers:
+                if task.done() and not task.cancelled() and (failed := task.exception()):
+                    raise failed  # not an outage (`_follow` waits those out): a real error
+            with contextlib.suppress(TimeoutError):
+                yield await asyncio.wait_for(batches.get(), block_ms / 1000)
+    finally:
+        halt.set()  # a reader whose cancel redis-py swallowed still ends within block_ms
+        for task in readers:
+            task.cancel()
+        await asyncio.wait(readers, timeout=block_ms / 1000 + 1)
 
 
 async def listen(

@@ -132,7 +132,12 @@ async def cron_marks(redis: Redis, crons: list[tuple[str, str]]) -> dict[tuple[s
     """The last tick fired (epoch seconds) of each (pipeline, topic); absent if never fired."""
     if not crons:
         return {}
-    values = await redis.mget([cron_key(p, t) for p, t in crons])
+    # GETs in a pipeline, not one MGET: each pipeline's marks have their own hash tag, and a
+    # Redis Cluster refuses an MGET across slots. Still one round trip on a single Redis.
+    pipe = redis.pipeline(transaction=False)
+    for p, t in crons:
+        pipe.get(cron_key(p, t))
+    values = await pipe.execute()
     return {key: int(v) / 1000 for key, v in zip(crons, values, strict=True) if v is not None}
 
 

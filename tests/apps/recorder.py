@@ -21,7 +21,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from flowline import Backoff, Fail, JobContext, Queue, Retry, Route, Stream
+from flowline import Backoff, Fail, JobContext, Queue, Retry, Route, Settings, Stream
+from flowline._settings import is_cluster_url
+from flowline.runtime.cluster import connect_cluster
 
 VISIBILITY = float(os.environ.get("FLOWLINE_TEST_VISIBILITY", "2"))
 RETRIES = int(os.environ.get("FLOWLINE_TEST_RETRIES", "2"))
@@ -36,11 +38,13 @@ def _client() -> Redis:
     if _redis is None:
         url = os.environ.get("FLOWLINE_TEST_RECORD_URL") or os.environ["FLOWLINE_REDIS_URL"]
         ca = os.environ.get("FLOWLINE_TLS_CA")
-        _redis = (
-            Redis.from_url(url, ssl_ca_certs=ca)
-            if url.startswith("rediss")
-            else Redis.from_url(url)
-        )
+        if is_cluster_url(url):  # the worker's own client: the same on a cluster
+            settings = Settings(redis_url=url, tls_ca=ca)
+            _redis = connect_cluster(settings, 8, settings.redis_connect_options())
+        elif url.startswith("rediss"):
+            _redis = Redis.from_url(url, ssl_ca_certs=ca)
+        else:
+            _redis = Redis.from_url(url)
     return _redis
 
 
