@@ -47,6 +47,9 @@ What is measured (every side runs in a fresh Python process; the servers are sha
 7. fanout, jobs/s: the ingest figure's events routed into 100 jobs each (data of their own);
    against a hand-written loop writing each fetched batch's jobs with one ENQUEUE call.
    Target: >= 0.9x (benchmarks/fanout.py).
+8. sharded, jobs/s: the worker figure's jobs on ``Queue(shards=4)``, drained by one worker
+   per shard as `Runner` runs them, against the same jobs on one queue; with how evenly the
+   jobs spread and what Redis spent per job (benchmarks/sharded.py). Target: >= 0.9x.
 
 How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
 the order is reversed every other round), so slow drift of the machine touches every side alike.
@@ -86,13 +89,13 @@ from redis.asyncio import Redis
 
 from flowline.servers import LocalServers
 
-from . import common, fairness, fanout, ingest, latency, replicated, side, worker
+from . import common, fairness, fanout, ingest, latency, replicated, sharded, side, worker
 
 # BullMQ's Node worker at concurrency 50, measured elsewhere on a machine where the raw
 # XREADGROUP + XACK loop made about 120k jobs/s: a reference, not a side of this run.
 BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
-FIGURES = ("ingest", "worker", "latency", "fairness", "replicated", "fanout")
+FIGURES = ("ingest", "worker", "latency", "fairness", "replicated", "fanout", "sharded")
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
 FLOWLINE_SIDES = ("flowline", "events", "metrics", "observed")
@@ -337,6 +340,39 @@ class Bench:
         return [
             Row("fanout x100", "jobs/s", "hand-written batched enqueue", samples["flowline"],
                 samples["raw"], ">= 0.90x", check=_at_least_90_percent),
+        ]  # fmt: skip
+
+    def sharded(self) -> list[Row]:
+        s = self.sizes
+        samples: dict[str, list[float]] = {"sharded": [], "single": []}
+        redis_us: dict[str, list[float]] = {"sharded": [], "single": []}
+        spread: dict[str, int] = {}
+        for r, name in alternate(list(samples), s.rounds):
+            shards = sharded.SHARDS if name == "sharded" else 1
+            held = asyncio.run(sharded.prepare(jobs=s.jobs, shards=shards, **self.urls))
+            if name == "sharded":
+                spread = held
+            res = self._run("sharded", name, {"jobs": s.jobs, **self.urls}, r)
+            if res["completed"] != s.jobs:
+                raise RuntimeError(f"sharded/{name} completed {res['completed']} of {s.jobs}")
+            samples[name].append(res["rate"])
+            redis_us[name].append(res["redis_us"])
+            text = _rate(res, "jobs/s") + f"; Redis {res['redis_us']:.2f} us CPU per job"
+            self._say("sharded", r, s.rounds, name, text)
+        per_job = statistics.median(redis_us["sharded"])
+        self.notes.append(
+            f"sharded: {s.jobs:,} jobs over {sharded.SHARDS} shards held "
+            f"{', '.join(f'{n} {c:,}' for n, c in spread.items())} "
+            f"(largest/smallest {max(spread.values()) / min(spread.values()):.3f}); Redis spent "
+            f"{per_job:.2f} us of CPU per job sharded and "
+            f"{statistics.median(redis_us['single']):.2f} unsharded, so one primary sustains "
+            f"about {1e6 / per_job:,.0f} jobs/s of this queue and N primaries about N times that, "
+            f"given worker processes enough to drive them (one process drove "
+            f"{statistics.median(samples['sharded']):,.0f})."
+        )
+        return [
+            Row(f"sharded x{sharded.SHARDS}", "jobs/s", "the same jobs on one queue",
+                samples["sharded"], samples["single"], ">= 0.90x", check=_at_least_90_percent),
         ]  # fmt: skip
 
     def fairness(self) -> list[Row]:

@@ -399,6 +399,11 @@ def compile_broker(
     queue = queues.get(queue_name) if queue_name is not None else next(iter(queues.values()))
     if queue is None:
         raise PipelineError(f"pipeline {pipeline.name!r} has no Queue({queue_name!r}): {names}")
+    if queue.shards > 1:
+        raise PipelineError(
+            f"Queue({queue.name!r}) has {queue.shards} shards; a taskiq broker reads one "
+            f"queue: run it with `flowline worker`"
+        )
     topics = [t for t in pipeline.topics.values() if t.queue is queue]
     if not topics:
         raise PipelineError(

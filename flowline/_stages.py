@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -276,6 +277,11 @@ class Queue(Stage):
             ``"100/s"``); jobs past it wait their turn.
         group_limit: how many jobs of one group (`Job.group`) may run at once across every
             process (1: strictly one at a time per group).
+        shards: spread the queue over this many Redis hash slots (so over a Redis Cluster's
+            primaries), each a queue of its own named ``<name>#<i>``: a job goes to the shard
+            of its group when it has one (so `group_limit` holds), else of its id (a keyed
+            job's id is its key, so a repeat finds its first copy). Every process reads every
+            shard, with `concurrency` handlers for each.
     """
 
     kind = "queue"
@@ -295,6 +301,7 @@ class Queue(Stage):
         keep_failed: float | timedelta = 7 * 24 * 3600.0,
         rate: Rate | str | None = None,
         group_limit: int = 1,
+        shards: int = 1,
     ) -> None:
         if not _NAME_OK.match(name):
             raise PipelineError(f"Queue name {name!r} may hold only letters, digits, '-' and '_'")
@@ -316,12 +323,24 @@ class Queue(Stage):
         )
         if not isinstance(group_limit, int) or group_limit < 1:
             raise PipelineError(f"Queue {name!r}: group_limit must be a whole number >= 1")
+        if not isinstance(shards, int) or not 1 <= shards <= 1024:
+            raise PipelineError(f"Queue {name!r}: shards must be a whole number within 1..1024")
+        self.shards = shards
+        # The physical queues, each with keys of its own hash tag: just the queue when unsharded.
+        self.shard_names = [name] if shards == 1 else [f"{name}#{i}" for i in range(shards)]
         if self.options.visibility_timeout < 1:
             raise PipelineError(f"Queue {name!r}: visibility_timeout must be at least 1 second")
         if self.options.keep_completed < 1 or self.options.keep_failed < 1:
             raise PipelineError(
                 f"Queue {name!r}: keep_completed and keep_failed must be at least 1 second"
             )
+
+    def shard_for(self, job_id: str, group: str | None) -> str:
+        """The physical queue of a job: the shard of its group, else of its id (crc32, the
+        same in every process)."""
+        if self.shards == 1:
+            return self.name
+        return self.shard_names[zlib.crc32((group or job_id).encode()) % self.shards]
 
 
 class Cron(Source):

@@ -40,6 +40,8 @@ def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
         *(("replicated", side) for side in ("flowline", "nowait", "raw")),
         ("fanout", "flowline"),
         ("fanout", "raw"),
+        ("sharded", "sharded"),
+        ("sharded", "single"),
     }, r.stdout
     (events,) = [line for line in lines if " round 1/1  events " in line]
     assert "6,000 events written, 6,000 kept" in events  # job:start and job:complete of 3,000

@@ -397,3 +397,37 @@ async def test_a_worker_on_a_cluster_with_tls_and_a_password(worker, js, servers
 
 
 pytestmark = pytest.mark.timeout(120)
+
+
+async def test_a_sharded_queue_spreads_over_the_primaries(
+    worker, js, redis_cluster, cluster_redis, cluster_env
+):
+    """Queue(shards=6) on three primaries: its shards' keys sit on the primaries of their own
+    hash tags, more than one primary serves the queue, and two workers run all 300 jobs once
+    each (placed by id, so each primary's share follows its shards)."""
+    env = {**cluster_env, "FLOWLINE_TEST_SHARDS": "6"}
+    procs = [worker(APP, env=env) for _ in range(2)]
+    for proc in procs:
+        await proc.ready()
+    await ensure_stream(js, "recorder")
+    for n in range(300):
+        await js.publish(
+            "recorder", json.dumps({"jobs": [{"topic": "record", "data": {"n": n}}]}).encode()
+        )
+    shards = [QueueKeys(f"recorder#{i}") for i in range(6)]
+
+    async def all_done() -> bool:
+        done = [r for r in await runs(cluster_redis) if r["event"] == "done"]
+        return len(done) >= 300
+
+    await eventually(all_done, timeout=60)
+    done = Counter(r["id"] for r in await runs(cluster_redis) if r["event"] == "done")
+    assert len(done) == 300
+    assert set(done.values()) == {1}
+    ports = assert_each_queue_on_its_slots_primary(redis_cluster, shards)
+    expected = {redis_cluster.owner(key_slot(q.jobs.encode())) for q in shards}
+    assert ports == expected
+    assert len(ports) >= 2  # one queue, several primaries
+    held = redis_cluster.keys_by_port("flowline:{recorder#*}:job:*")
+    assert sum(len(keys) for keys in held.values()) == 300
+    assert all(held[port] for port in ports)

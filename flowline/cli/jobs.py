@@ -117,14 +117,15 @@ def jobs(
     elif action == "cancel" and state is not None:
         raise click.UsageError("--state does not apply to cancel")
     pipelines = load_pipelines(target)
-    queues = inspection.queues_of(pipelines)
+    queues = inspection.queues_of(pipelines)  # every shard of a sharded queue
     if queue_name is not None:
-        if queue_name not in queues:
-            known = ", ".join(queues) or "none"
+        shards = {q.name: q.shard_names for p in pipelines for q in p.queues}
+        if queue_name not in queues and queue_name not in shards:
+            known = ", ".join(shards) or "none"
             raise click.BadParameter(
                 f"{target} has no queue {queue_name!r} (its queues: {known})", param_hint="--queue"
             )
-        queues = {queue_name: queues[queue_name]}
+        queues = {n: queues[n] for n in shards.get(queue_name, [queue_name])}
 
     def settings() -> Settings:
         # Read inside `run`, so a bad URL or variable is the one-line error every command gives.
@@ -176,8 +177,10 @@ def parse_age(text: str) -> float:
 
 
 def _handles(pipelines: tuple[Pipeline, ...], names: list[str], runner: Runner) -> list[Any]:
-    by_name = {q.name: (p, q) for p in pipelines for q in p.queues}
-    return [runner.queue_handle(*by_name[n]) for n in names]
+    """The handles of the queues `names` (queues, or shards of one) belong to."""
+    owner = {n: (p, q) for p in pipelines for q in p.queues for n in q.shard_names}
+    wanted = list(dict.fromkeys(owner[n] for n in names))
+    return [runner.queue_handle(p, q) for p, q in wanted]
 
 
 async def _cancel(

@@ -106,7 +106,7 @@ class Dashboard:
     ) -> None:
         self.pipelines = {p.name: p for p in pipelines}
         self.queues = jobs.queues_of(pipelines)
-        self.owner = {q.name: p for p in pipelines for q in p.queues}
+        self.owner = {n: p for p in pipelines for q in p.queues for n in q.shard_names}
         self.runner = runner
         self.status = status
         self.auth = auth

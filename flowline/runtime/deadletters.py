@@ -110,7 +110,7 @@ def stores(pipeline: Pipeline) -> list[str]:
     """Every dead-letter stream of a pipeline: its stream side, then each queue."""
     return [
         stream_dead_letters(pipeline.name).dead,
-        *(QueueKeys(q.name).dead for q in pipeline.queues),
+        *(QueueKeys(name).dead for q in pipeline.queues for name in q.shard_names),
     ]
 
 

@@ -65,6 +65,7 @@ def plan(
     name: str | None = None  # the topic looked up last: a fan-out's jobs mostly share one
     queue = ""
     limit = 0
+    sharded = None  # the topic's Queue when it has shards: each job's queue is then its shard
     for index, job in enumerate(jobs):
         if job.topic != name:
             name = job.topic
@@ -77,6 +78,7 @@ def plan(
                     stage=stage,
                 )
             queue, limit = topic.queue.name, topic.queue.options.group_limit
+            sharded = topic.queue if topic.queue.shards > 1 else None
         value = job.data
         data = encoded.get(id(value))
         if data is None:
@@ -91,6 +93,8 @@ def plan(
                 raise
         due = 0 if not job.delay else int((now + seconds(job.delay)) * 1000)
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
+        if sharded is not None:
+            queue = sharded.shard_for(job_id, job.group)
         if job.group is None:
             row = Planned(queue, job_id, name, data, due, origin, job.priority, born_ms, trace)
         else:

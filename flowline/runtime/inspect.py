@@ -8,6 +8,7 @@ the client raised when a server does not answer (callers decide how to report it
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,8 @@ from .keys import GROUP, QueueKeys, cron_key
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from redis.asyncio import Redis
+
+    from .._stages import Queue
 
 # Jobs completed and failed are counted per queue in buckets of this many seconds (by the
 # COMPLETE and FAIL scripts), kept for `STATS_KEEP` seconds: enough for "the last minute".
@@ -41,6 +44,26 @@ class QueueState:
     def jobs_per_s(self) -> float:
         """Completed jobs per second over the last minute."""
         return self.completed_1m / WINDOW
+
+
+async def queue_totals(redis: Redis, queues: Sequence[Queue]) -> dict[str, QueueState]:
+    """`queue_states` of whole queues: a sharded queue's shards added up (paused if any
+    shard is), in the same one round trip."""
+    states = await queue_states(redis, [n for q in queues for n in q.shard_names])
+    out = {}
+    for q in queues:
+        parts = [states[n] for n in q.shard_names]
+        out[q.name] = QueueState(
+            name=q.name,
+            ready=sum(x.ready for x in parts),
+            running=sum(x.running for x in parts),
+            delayed=sum(x.delayed for x in parts),
+            dead=sum(x.dead for x in parts),
+            completed_1m=sum(x.completed_1m for x in parts),
+            failed_1m=sum(x.failed_1m for x in parts),
+            paused=any(x.paused for x in parts),
+        )
+    return out
 
 
 def stats_buckets(now: float) -> list[int]:

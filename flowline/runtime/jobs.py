@@ -163,8 +163,9 @@ def subjects_of(pipeline: Pipeline) -> dict[str, str]:
 
 
 def queues_of(pipelines: Iterable[Pipeline]) -> dict[str, dict[str, str]]:
-    """Every queue of `pipelines`, with the subjects of its pipeline's streams (`subjects_of`)."""
-    return {q.name: subjects_of(p) for p in pipelines for q in p.queues}
+    """Every queue of `pipelines` (each shard of a sharded one), with the subjects of its
+    pipeline's streams (`subjects_of`)."""
+    return {name: subjects_of(p) for p in pipelines for q in p.queues for name in q.shard_names}
 
 
 async def find(redis: Redis, queues: Mapping[str, Mapping[str, str]], job_id: str) -> list[JobInfo]:

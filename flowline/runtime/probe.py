@@ -17,7 +17,7 @@ import structlog
 
 from ..backends.jetstream import JetStreamSource, describe_drift, drift
 from ..observability.metrics import ServerSnapshot
-from .inspect import queue_states
+from .inspect import queue_totals
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -122,10 +122,11 @@ class Probe:
         redis = self.runner.redis
         if redis is None:
             return None
-        targets = [(p.name, q.name) for p in self.runner.plan.pipelines for q in p.queues]
+        queues = [(p.name, q) for p in self.runner.plan.pipelines for q in p.queues]
+        targets = [(p, q.name) for p, q in queues]
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
-                states = await queue_states(redis, [name for _, name in targets])
+                states = await queue_totals(redis, [q for _, q in queues])
         except Exception as exc:
             log.debug("queue gauges not read", error=repr(exc))
             return None

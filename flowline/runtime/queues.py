@@ -3,6 +3,7 @@ cancel a job."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -72,18 +73,30 @@ class QueueHandle:
         A job a worker holds is ``running`` (with `running_on`); a failed one carries its
         traceback and dead letter id; a delayed one when it is due.
         """
-        return await self._store.job(self.pipeline, self.name, job_id)
+        for shard in self._shards_of(job_id):
+            info = await self._store.job(self.pipeline, shard, job_id)
+            if info is not None:
+                return info
+        return None
+
+    def _shards_of(self, job_id: str) -> list[str]:
+        """Where a job may be: its id's shard first (a job with a group went to its group's,
+        which the id alone does not tell), then the rest."""
+        first = self.queue.shard_for(job_id, None)
+        return [first, *(s for s in self.queue.shard_names if s != first)]
 
     async def pause(self) -> bool:
         """Pause the queue in every process: within half a second of this call's return no
         process starts one of its jobs (this process at once); jobs already running finish,
         and the stream side keeps routing into it. Returns False if it was already paused."""
-        return await self._store.pause(self.name)
+        changed = await asyncio.gather(*(self._store.pause(s) for s in self.queue.shard_names))
+        return any(changed)
 
     async def resume(self) -> bool:
         """Let every process start the queue's jobs again (within a quarter of a second);
         returns False if it was not paused."""
-        return await self._store.resume(self.name)
+        changed = await asyncio.gather(*(self._store.resume(s) for s in self.queue.shard_names))
+        return any(changed)
 
     async def cancel(self, job_id: str) -> Cancellation:
         """Cancel job `job_id` of this queue, whichever process runs it.
@@ -99,7 +112,10 @@ class QueueHandle:
         """
         now_ms = int(self._store.clock.time() * 1000)
         keep = int(self.queue.options.keep_failed)
-        result = await self._store.cancel(self.name, job_id, now_ms, keep)
+        for shard in self._shards_of(job_id):
+            result = await self._store.cancel(shard, job_id, now_ms, keep)
+            if result.outcome != "unknown":
+                break
         if result.outcome == "cancelled":
             if self._local is not None:
                 self._local.record_events()
@@ -112,8 +128,14 @@ class QueueHandle:
 
     async def paused(self) -> bool:
         """Whether the queue is paused."""
-        return await self._store.paused(self.name)
+        return any(await asyncio.gather(*(self._store.paused(s) for s in self.queue.shard_names)))
 
     async def counts(self) -> QueueCounts:
-        """Ready, running (claimed by a worker), delayed and dead jobs."""
-        return await self._store.counts(self.name)
+        """Ready, running (claimed by a worker), delayed and dead jobs (of every shard)."""
+        each = await asyncio.gather(*(self._store.counts(s) for s in self.queue.shard_names))
+        return QueueCounts(
+            ready=sum(c.ready for c in each),
+            running=sum(c.running for c in each),
+            delayed=sum(c.delayed for c in each),
+            dead=sum(c.dead for c in each),
+        )

@@ -102,11 +102,26 @@ class Runner:
         registry = self.metrics.registry if self.metrics is not None else CollectorRegistry()
         return asgi_app(self.probe, registry)
 
+    async def _left_unsharded(self, queue: Queue) -> list[str]:
+        """The queue's own name when it is sharded now but still holds jobs from before: its
+        worker drains them (new jobs go to the shards)."""
+        if queue.shards == 1:
+            return []
+        left = await self.store.counts(queue.name)
+        if not (left.ready or left.running or left.delayed):
+            return []
+        log.info(
+            "draining jobs enqueued before the queue was sharded",
+            queue=queue.name, ready=left.ready, running=left.running, delayed=left.delayed,
+        )  # fmt: skip
+        return [queue.name]
+
     def _pool_size(self) -> int:
         # Each queue holds one connection in a blocking read and briefly uses a few more (flush,
         # heartbeat, maintenance); handlers' progress writes and enqueues share the rest.
         p = self.plan
-        return 32 + 4 * len(p.queues) + 2 * len(p.streams) + len(p.crons)
+        shards = sum(q.shards for _, q in p.queues)
+        return 32 + 4 * shards + 2 * len(p.streams) + len(p.crons)
 
     async def start(self) -> None:
         """Serve HTTP (if asked), connect, create streams, consumers and queue groups, start
@@ -161,18 +176,20 @@ class Runner:
             self._spawn(ingest.run(self.stop_event), f"stream:{p.name}")
         emitter = Emitter(self.publish_to, self.store)
         for p, queue in self.plan.queues:
-            worker = QueueWorker(
-                p,
-                queue,
-                self.store,
-                concurrency=s.concurrency,
-                consumer=f"{self._consumer}-{queue.name}",
-                emitter=emitter,
-                metrics=self.metrics,
-            )
-            await worker.setup()
-            self.workers.append(worker)
-            self._spawn(worker.run(self.stop_event, s.grace), f"queue:{queue.name}")
+            for shard in [*queue.shard_names, *await self._left_unsharded(queue)]:
+                worker = QueueWorker(
+                    p,
+                    queue,
+                    self.store,
+                    concurrency=s.concurrency,
+                    consumer=f"{self._consumer}-{shard}",
+                    emitter=emitter,
+                    metrics=self.metrics,
+                    shard=shard,
+                )
+                await worker.setup()
+                self.workers.append(worker)
+                self._spawn(worker.run(self.stop_event, s.grace), f"queue:{shard}")
         for p, cron in self.plan.crons:
             source = CronSource(p, cron, self.store, self.metrics)
             self.crons.append(source)

@@ -28,13 +28,13 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._stages import Cron, Stream
+from .._stages import Cron, Queue, Stream
 from ..backends.jetstream import stream_name_for
 from ..errors import FlowlineError
 from . import registry
 from .connections import connect_nats, connect_redis
 from .cron import next_tick
-from .inspect import cron_marks, queue_states, stream_state
+from .inspect import cron_marks, queue_totals, stream_state
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -131,11 +131,11 @@ class StatusReader:
         queues: dict[str, Any] = {}
         marks: dict[tuple[str, str], float] = {}
         if redis is not None:
-            names = [q.name for p in self.pipelines for q in p.queues]
+            every = [q for p in self.pipelines for q in p.queues]
             crons = [(p.name, s.topic) for p in self.pipelines for s in _crons_of(p)]
             try:
                 async with asyncio.timeout(TIMEOUT):
-                    queues = await queue_states(redis, names)
+                    queues = await queue_totals(redis, every)
                     marks = await cron_marks(redis, crons)
             except Exception as exc:
                 errors.append(("redis", _message(exc)))
@@ -150,7 +150,7 @@ class StatusReader:
                     "streams": streams,
                     # Before pipelines had several sources: kept, as the keys are stable.
                     "stream": streams[0] if streams else None,
-                    "queues": [self._queue(p, q.name, queues.get(q.name)) for q in p.queues],
+                    "queues": [self._queue(p, q, queues.get(q.name)) for q in p.queues],
                     "crons": self._crons(p, marks, redis is not None),
                 }
             )
@@ -193,9 +193,9 @@ class StatusReader:
             errors.append(("nats", _message(exc)))
         return doc
 
-    def _queue(self, p: Pipeline, name: str, state: Any) -> dict[str, Any]:
-        topics = sorted(t for t, topic in p.topics.items() if topic.queue.name == name)
-        doc: dict[str, Any] = {"name": name, "topics": topics}
+    def _queue(self, p: Pipeline, q: Queue, state: Any) -> dict[str, Any]:
+        topics = sorted(t for t, topic in p.topics.items() if topic.queue is q)
+        doc: dict[str, Any] = {"name": q.name, "topics": topics, "shards": q.shards}
         fields = ("paused", "ready", "running", "delayed", "dead", "completed_1m", "failed_1m")
         for key in fields:
             doc[key] = getattr(state, key) if state is not None else None

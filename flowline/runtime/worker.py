@@ -70,6 +70,7 @@ class QueueWorker:
         consumer: str | None = None,
         emitter: Emitter | None = None,
         metrics: Metrics | None = None,
+        shard: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.emitter = emitter
@@ -79,12 +80,13 @@ class QueueWorker:
         }
         self.store = store
         self.clock = store.clock
-        self.name = queue.name
+        # The physical queue this worker reads: the queue, or one of its shards.
+        self.name = shard or queue.name
         self.opts = queue.options
-        self.concurrency = concurrency or self.opts.concurrency
+        self.concurrency = concurrency or self.opts.concurrency  # per shard, for a sharded one
         self.consumer = consumer or consumer_name()
         self.bus = pipeline.bus
-        self.log = log.bind(pipeline=pipeline.name, stage="job", queue=queue.name)
+        self.log = log.bind(pipeline=pipeline.name, stage="job", queue=self.name)
         self.claims: dict[tuple[str, str], Running] = {}
         self._running = 0
         self.completed = 0  # jobs this worker completed (and failed attempts), for the registry
@@ -115,9 +117,9 @@ class QueueWorker:
         self._stats: dict[str, JobStats] = {}
         if metrics is not None:
             self._stats = {
-                name: metrics.job(pipeline.name, queue.name, name) for name in self.topics
+                name: metrics.job(pipeline.name, self.name, name) for name in self.topics
             }
-            metrics.watch_running(pipeline.name, queue.name, lambda: self._running)
+            metrics.watch_running(pipeline.name, self.name, lambda: self._running)
         self._metrics = metrics
         # Checked once: with INFO off (--log-level WARNING) the per-job lines cost nothing.
         enabled = getattr(self.log, "is_enabled_for", None)
@@ -209,8 +211,9 @@ class QueueWorker:
             return wanted, ""
         token = self._token()
         try:
+            # Rates count the starts of the whole queue: its shards share one window.
             granted, delay = await self.store.take(
-                self.name, "", wanted, rate.limit, rate.per, token
+                self.queue.name, "", wanted, rate.limit, rate.per, token
             )
         except Exception as exc:
             self._store_trouble()
@@ -230,7 +233,7 @@ class QueueWorker:
         """Return the queue's rate starts a take granted and no job used."""
         if token and used < granted:
             try:
-                await self.store.give_back(self.name, "", token, granted, used)
+                await self.store.give_back(self.queue.name, "", token, granted, used)
             except Exception as exc:  # the starts lapse with the window: nothing is lost
                 self.log.warning("could not give rate starts back", error=repr(exc))
 
@@ -253,7 +256,7 @@ class QueueWorker:
             granted = 0
             try:
                 granted, wait = await self.store.take(
-                    self.name, topic, len(held), rate.limit, rate.per, self._token()
+                    self.queue.name, topic, len(held), rate.limit, rate.per, self._token()
                 )
                 if granted < len(held):
                     due = int((self.clock.time() + wait) * 1000)

@@ -306,7 +306,7 @@ class App:
         """The job's record as the store holds it (as `QueueHandle.job`), or None."""
         for p in self.pipelines:
             for q in p.queues:
-                found = await self.runner.store.job(p, q.name, job_id)
+                found = await p.queue(q.name).job(job_id)
                 if found is not None:
                     return found
         return None

@@ -1,6 +1,7 @@
 """A queue with rate limits, for tests that run several `flowline worker` processes: the queue
 starts at most 20 jobs a second, topic ``api`` at most 5 a second. Every handler appends
-``{"id", "topic", "pid", "t"}`` (its start, epoch seconds) to the Redis list ``test:starts``."""
+``{"id", "topic", "pid", "t"}`` (its start, epoch seconds) to the Redis list ``test:starts``.
+FLOWLINE_TEST_SHARDS shards the queue."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ API_RATE = Rate(5, per=1.0)
 pipeline = (
     Stream("limited", json.loads)
     >> Route(lambda e: [])
-    >> Queue("limited", rate=QUEUE_RATE, visibility_timeout=2)
+    >> Queue(
+        "limited",
+        rate=QUEUE_RATE,
+        visibility_timeout=2,
+        shards=int(os.environ.get("FLOWLINE_TEST_SHARDS", "1")),
+    )
 )
 _redis: Redis | None = None
 
