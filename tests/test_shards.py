@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flowline import Job, PipelineError, Queue, Route, Stream, connect
+from flowline import Job, PipelineError, Queue, Route, Runner, Stream, connect
 from flowline.runtime.enqueue import plan
 from flowline.testing import run
 
@@ -165,6 +165,16 @@ async def test_retries_delays_and_dead_letters_hold_per_job(worker, js, redis, s
         return out.returncode == 0 and "boom" in out.stdout
 
     await eventually(buried, timeout=20)
+    # Replayed, the job goes back to its own shard as attempt 1, and fails there again.
+    assert cli(servers, "dlq", "replay", TARGET, "--all").returncode == 0
+
+    async def boomed_twice() -> bool:
+        starts = [r for r in await runs(redis) if r["topic"] == "boom"]
+        return len(starts) == 2 * 3  # two runs of 1 + RETRIES(2) attempts
+
+    await eventually(boomed_twice, timeout=20)
+    boom = [r["attempt"] for r in await runs(redis) if r["topic"] == "boom"]
+    assert boom == [1, 2, 3, 1, 2, 3]
 
 
 async def test_idempotent_enqueue_lookup_cancel_and_counts_across_shards(settings, redis):
@@ -264,3 +274,25 @@ async def test_jobs_from_before_the_queue_was_sharded_still_run(worker, settings
 
     await eventually(ran, timeout=20)
     assert any("before the queue was sharded" in x.get("event", "") for x in proc.lines())
+
+
+async def test_priorities_order_the_jobs_of_a_shard(settings):
+    """Five normal jobs, then one urgent one, all in one shard, enqueued before any worker
+    runs; a worker with one handler at a time runs the urgent one first."""
+    order: list[int] = []
+    queue = Queue("q", shards=4, concurrency=1)
+    p = Stream("s", json.loads) >> Route(lambda e: []) >> queue
+
+    @p.dequeue("t")
+    async def record(job: Any) -> None:
+        order.append(job.data["n"])
+
+    keys = [f"k{i}" for i in range(200) if queue.shard_for(f"key:k{i}", None) == "q#0"][:6]
+    async with connect(p, settings):
+        for n, key in enumerate(keys[:5]):
+            await p.enqueue("t", {"n": n}, key=key)
+        await p.enqueue("t", {"n": 99}, key=keys[5], priority=5)
+    async with Runner(p, settings, only=["queue"]):
+        await eventually(lambda: len(order) == 6, timeout=10)
+    assert order[0] == 99
+    assert order[1:] == [0, 1, 2, 3, 4]
