@@ -243,16 +243,21 @@ class RedisStore(JobStore):
         if cached is not None and now - cached[1] < PAUSED_POLL:
             return cached[0]
         paused = bool(await self.redis.exists(self._k(queue).paused))
-        self._pause_seen[queue] = (paused, now)
+        seen = self._pause_seen.get(queue)
+        if seen is None or seen[1] <= now:  # a pause or resume made meanwhile here wins
+            self._pause_seen[queue] = (paused, now)
         return paused
 
     async def pause(self, queue: str) -> bool:
-        self._pause_seen.pop(queue, None)
-        return bool(await self.redis.set(self._k(queue).paused, "1", nx=True))
+        changed = bool(await self.redis.set(self._k(queue).paused, "1", nx=True))
+        # After the write, so a read that was in flight cannot cache the state before it.
+        self._pause_seen[queue] = (True, self.clock.monotonic())
+        return changed
 
     async def resume(self, queue: str) -> bool:
-        self._pause_seen.pop(queue, None)
-        return bool(await self.redis.delete(self._k(queue).paused))
+        changed = bool(await self.redis.delete(self._k(queue).paused))
+        self._pause_seen[queue] = (False, self.clock.monotonic())
+        return changed
 
     async def paused(self, queue: str, *, within: float = 0.0) -> bool:
         if within > 0:

@@ -190,6 +190,12 @@ class QueueWorker:
                 continue
             if not jobs:
                 continue
+            if await self._paused_meanwhile():
+                # Paused while the read waited: held, so the next turn hands them back.
+                for job in jobs:
+                    self.claims[job.key] = job
+                    backlog.append(job)
+                continue
             # A read may give more than the free slots (Redis counts per stream), and a rate
             # fewer starts than jobs: the rest waits in the backlog, claimed and kept alive by
             # the heartbeat. Starts are taken from the rate just before they happen, never
@@ -275,6 +281,15 @@ class QueueWorker:
         for job in go:
             self._start(job)
         return len(go)
+
+    async def _paused_meanwhile(self) -> bool:
+        """Whether the queue was paused (as last seen, at most a quarter of a second ago, or at
+        once when this process paused it); a failed check counts as not paused, as the read
+        that just succeeded saw it."""
+        try:
+            return await self.store.paused(self.name, within=0.25)
+        except Exception:
+            return False
 
     async def _hand_back_if_paused(self) -> bool:
         """When the queue is paused, give the read-ahead backlog back; True if it was."""
