@@ -80,23 +80,21 @@ async def connect_redis(
 
     A ``redis+cluster://`` URL gives a Redis Cluster client (`runtime.cluster`).
     """
-    if is_cluster_url(settings.redis_url):
-        return await _connect_cluster(settings, max_connections, check=check, name=name)
-    options = {
-        "max_connections": settings.redis_max_connections or max_connections,
-        "timeout": POOL_WAIT,
+    size = settings.redis_max_connections or max_connections
+    options: dict[str, Any] = {
         "health_check_interval": 10,
         "socket_keepalive": True,
-        "retry_on_timeout": True,
         **{"client_name": name, **settings.redis_connect_options()},
     }
-    if urlsplit(settings.redis_url).scheme in SentinelURL.SCHEMES:
-        pool: BlockingConnectionPool = _sentinel_pool(
-            SentinelURL.parse(settings.redis_url), options
-        )
+    if is_cluster_url(settings.redis_url):
+        redis = connect_cluster(settings, size, options)  # a pool of `size` per node
     else:
-        pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
-    redis = Redis.from_pool(pool)
+        options.update(max_connections=size, timeout=POOL_WAIT, retry_on_timeout=True)
+        if urlsplit(settings.redis_url).scheme in SentinelURL.SCHEMES:
+            pool = _sentinel_pool(SentinelURL.parse(settings.redis_url), options)
+        else:
+            pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
+        redis = Redis.from_pool(pool)
     if check:
         try:
             await ping_redis(redis, settings)
@@ -111,17 +109,22 @@ class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
     (re)connect, and which waits for a free connection like the plain one does."""
 
 
+def _sentinel_kwargs(url: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
+    """How to reach the Sentinels themselves, taken out of `options`: the same socket and TLS
+    settings, without the primary's credentials (a Sentinel has its own, if any:
+    ``redis_options={"sentinel_kwargs": {...}}``)."""
+    given = options.pop("sentinel_kwargs", None)
+    kwargs = dict(given) if given else {
+        k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))
+    }  # fmt: skip
+    return {"ssl": True, **kwargs} if url.tls else kwargs
+
+
 def _sentinel_pool(url: SentinelURL, options: dict[str, Any]) -> BlockingConnectionPool:
     auth = {"username": url.username, "password": url.password, "ssl": url.tls}
-    # The Sentinels are asked with the same socket and TLS settings, without the primary's
-    # credentials (a Sentinel has its own, if any: redis_options={"sentinel_kwargs": {...}}).
-    sentinel_kwargs = options.pop("sentinel_kwargs", None) or {
-        k: v for k, v in options.items() if k.startswith(("socket_", "ssl"))
-    }
-    if url.tls:
-        sentinel_kwargs = {"ssl": True, **sentinel_kwargs}
+    sentinels = _sentinel_kwargs(url, options)
     # redis-py's Sentinel classes are untyped.
-    manager = Sentinel(list(url.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    manager = Sentinel(list(url.sentinels), sentinel_kwargs=sentinels)  # type: ignore[no-untyped-call]
     return _SentinelBlockingPool(url.service, manager, db=url.db, **auth, **options)  # type: ignore[no-untyped-call]
 
 
@@ -132,14 +135,12 @@ def connect_redis_sync(settings: Settings) -> SyncRedis:
 
         # The cluster client offers the commands `write_sync` sends (script calls, routed by key).
         return cast(SyncRedis, sync_cluster(settings))
-    options = {"client_name": "flowline", **settings.redis_connect_options()}
+    options: dict[str, Any] = {"client_name": "flowline", **settings.redis_connect_options()}
     if urlsplit(settings.redis_url).scheme not in SentinelURL.SCHEMES:
         return SyncRedis.from_url(settings.redis_url, **options)
     url = SentinelURL.parse(settings.redis_url)
-    sentinel_kwargs = options.pop("sentinel_kwargs", None) or {}
-    if url.tls:
-        sentinel_kwargs = {"ssl": True, **sentinel_kwargs}  # type: ignore[dict-item]
-    manager = SyncSentinel(list(url.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    sentinels = _sentinel_kwargs(url, options)
+    manager = SyncSentinel(list(url.sentinels), sentinel_kwargs=sentinels)  # type: ignore[no-untyped-call]
     client: SyncRedis = manager.master_for(  # type: ignore[no-untyped-call]
         url.service,
         db=url.db,
@@ -149,26 +150,6 @@ def connect_redis_sync(settings: Settings) -> SyncRedis:
         **options,
     )
     return client
-
-
-async def _connect_cluster(
-    settings: Settings, max_connections: int, *, check: bool, name: str
-) -> Redis:
-    """`connect_redis` for a ``redis+cluster://`` URL: the same options and check, a pool of
-    that size per node (`runtime.cluster`)."""
-    options = {
-        "health_check_interval": 10,
-        "socket_keepalive": True,
-        **{"client_name": name, **settings.redis_connect_options()},
-    }
-    redis = connect_cluster(settings, settings.redis_max_connections or max_connections, options)
-    if check:
-        try:
-            await ping_redis(redis, settings)
-        except ConfigurationError:
-            await redis.aclose()
-            raise
-    return redis
 
 
 async def ping_redis(redis: Redis, settings: Settings) -> None:
