@@ -109,7 +109,11 @@ class NatsCluster:
 
 class RedisSentinels:
     """A Redis primary and one replica, watched by three Sentinels (quorum 2) that fail over
-    one second after the primary stops answering."""
+    one second after the primary stops answering.
+
+    Each Sentinel is ``redis-server CONF --sentinel``: the same binary (Debian's
+    ``redis-sentinel`` package only adds a symlink and a service), so the tests need nothing
+    beyond redis-server."""
 
     SERVICE = "flowline"
 
@@ -159,7 +163,7 @@ class RedisSentinels:
         log = self.dir / f"sentinel-{i}.log"
         proc = _spawn([redis_server_binary(), str(conf), "--sentinel"], log, self.dir)
         self.sentinels.append(proc)
-        _wait_for_port(self.sentinel_ports[i], proc, f"redis-sentinel {i}", log)
+        _wait_for_port(self.sentinel_ports[i], proc, f"Sentinel {i}", log)
 
     def primary_port(self) -> int:
         """The port the Sentinels name as the primary now."""
