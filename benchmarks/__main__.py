@@ -89,13 +89,26 @@ from redis.asyncio import Redis
 
 from flowline.servers import LocalServers
 
-from . import common, fairness, fanout, ingest, latency, replicated, sharded, side, worker
+from . import (
+    common,
+    fairness,
+    fanout,
+    ingest,
+    latency,
+    memory,
+    replicated,
+    sharded,
+    side,
+    worker,
+)
 
 # BullMQ's Node worker at concurrency 50, measured elsewhere on a machine where the raw
 # XREADGROUP + XACK loop made about 120k jobs/s: a reference, not a side of this run.
 BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
-FIGURES = ("ingest", "worker", "latency", "fairness", "replicated", "fanout", "sharded")
+FIGURES = (
+    "ingest", "worker", "latency", "fairness", "replicated", "fanout", "sharded", "memory",
+)  # fmt: skip
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
 FLOWLINE_SIDES = ("flowline", "events", "metrics", "observed")
@@ -373,6 +386,51 @@ class Bench:
         return [
             Row(f"sharded x{sharded.SHARDS}", "jobs/s", "the same jobs on one queue",
                 samples["sharded"], samples["single"], ">= 0.90x", check=_at_least_90_percent),
+        ]  # fmt: skip
+
+    def memory(self) -> list[Row]:
+        s = self.sizes
+        retained: dict[str, list[float]] = {"none": [], "day": []}
+        for r, name in alternate(list(retained), s.rounds):
+            asyncio.run(memory.prepare(events=s.events, **self.urls))
+            before = asyncio.run(memory.used_memory(self.servers.redis_url))
+            res = self._run("memory", name, {"events": s.events, **self.urls}, r)
+            after = asyncio.run(memory.used_memory(self.servers.redis_url))
+            kept = asyncio.run(memory.key_bytes(self.servers.redis_url))
+            jobs = 2 * s.events
+            if res["done"] != jobs:
+                raise RuntimeError(f"memory/{name} ran {res['done']} of {jobs} jobs")
+            expected = 0 if name == "none" else jobs
+            if res["records"] != expected:
+                raise RuntimeError(f"memory/{name} left {res['records']} records, not {expected}")
+            retained[name].append(kept / jobs)
+            text = (
+                _rate(res, "jobs/s") + f"; keys keep {kept / jobs:,.1f} B/job (used_memory "
+                f"{(after - before) / jobs:+,.1f} B/job), peak "
+                f"+{res['peak'] / 1e6:,.1f} MB, Redis {res['redis_us']:.2f} us CPU/job, marks "
+                f"forgotten {res['forgot_s']:.2f} s after the last job"
+            )
+            self._say("memory", r, s.rounds, name, text)
+        cost: dict[str, list[float]] = {"marked": [], "plain": []}
+        for r, name in alternate(list(cost), s.rounds):
+            asyncio.run(common.reset(**self.urls))
+            res = self._run("memory", name, {"events": 0, **self.urls}, r)
+            if res["jobs"] != memory.ENQUEUE_JOBS:
+                raise RuntimeError(f"memory/{name} wrote {res['jobs']} jobs")
+            cost[name].append(res["redis_us"])
+            self._say("memory", r, s.rounds, name, f"Redis {res['redis_us']:.2f} us CPU/job")
+        marked, plain = (statistics.median(cost[n]) for n in ("marked", "plain"))
+        self.notes.append(
+            f"memory: a dedup mark costs Redis {marked - plain:+.2f} us of CPU per routed job "
+            f"(ENQUEUE alone: {plain:.2f} us without, {marked:.2f} us with; "
+            f"{memory.ENQUEUE_JOBS:,} jobs); a record kept a day holds "
+            f"{statistics.median(retained['day']):,.0f} bytes per completed job, so 1,000 "
+            f"jobs/s keep {statistics.median(retained['day']) * 86400 * 1000 / 1e9:,.1f} GB."
+        )
+        return [
+            Row("memory retained", "B/job", "keep_completed=1 day (default)", retained["none"],
+                retained["day"], "<= 5 B/job (work in flight only)",
+                check=lambda f, b: f <= 5.0, side="keep 0"),
         ]  # fmt: skip
 
     def fairness(self) -> list[Row]:

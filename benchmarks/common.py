@@ -37,7 +37,7 @@ def event(i: int, *, fan: str | None = None) -> bytes:
 
 
 def fanbase_rows(stream: str, seq: int, ev: FanbaseEvent, born: int) -> list[str | int]:
-    """ENQUEUE ARGV rows (id, topic, data, due, origin, born, trace) of the fanbase router.
+    """ENQUEUE ARGV rows (id, topic, data, due, origin, born, trace, seq) of the fanbase router.
 
     Same ids (``<stream>:<seq>:<index>``) and the same compact JSON as flowline writes, so the
     Redis work of a baseline equals flowline's.
@@ -46,8 +46,8 @@ def fanbase_rows(stream: str, seq: int, ev: FanbaseEvent, born: int) -> list[str
         return []
     data = json.dumps({"fan": ev.fan, "talent": ev.talent}, separators=(",", ":"))
     return [
-        f"{stream}:{seq}:0", FOLLOWED[0], data, 0, "stream", born, "",
-        f"{stream}:{seq}:1", FOLLOWED[1], data, 0, "stream", born, "",
+        f"{stream}:{seq}:0", FOLLOWED[0], data, 0, "stream", born, "", seq,
+        f"{stream}:{seq}:1", FOLLOWED[1], data, 0, "stream", born, "", seq,
     ]  # fmt: skip
 
 

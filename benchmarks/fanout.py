@@ -33,7 +33,7 @@ def rows(stream: str, seq: int, ev: FanbaseEvent, born: int) -> list[str | int]:
     out: list[str | int] = []
     for k in range(FANOUT):
         data = json.dumps({"talent": ev.talent, "follower": f"{ev.fan}-{k}"}, separators=(",", ":"))
-        out += (f"{stream}:{seq}:{k}", TOPIC, data, 0, "stream", born, "")
+        out += (f"{stream}:{seq}:{k}", TOPIC, data, 0, "stream", born, "", seq)
     return out
 
 

@@ -162,6 +162,7 @@ async def _raw(
     )
     sub = await js.pull_subscribe(SUBJECT, durable=durable, stream=stream, config=config)
     await redis.script_load(ENQUEUE)  # the WAIT loop sends EVALSHA itself
+    marked = [keys.jobs, keys.delayed, keys.cancels, keys.marks(stream)]  # as StreamIngest's
     stop = asyncio.Event()
 
     async def consume() -> None:
@@ -178,12 +179,12 @@ async def _raw(
                 args += rows(stream, meta.sequence.stream, ev, born)
             if wait:
                 pipe = redis.pipeline(transaction=False)
-                pipe.evalsha(script.sha, 3, keys.jobs, keys.delayed, keys.cancels, *args)
+                pipe.evalsha(script.sha, 4, *marked, *args)
                 pipe.execute_command("WAIT", wait, 1000)
                 if (await pipe.execute())[-1] < wait:
                     raise RuntimeError("a replica did not acknowledge within 1 s")
             else:
-                await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args)
+                await script(keys=marked, args=args)
             for msg in msgs:
                 await msg.ack()
 

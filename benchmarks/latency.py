@@ -115,7 +115,9 @@ async def raw(nats_url: str, redis_url: str, events: int, limit: float) -> dict[
                 meta = msg.metadata
                 born = int(meta.timestamp.timestamp() * 1000)
                 args += common.fanbase_rows(stream, meta.sequence.stream, ev, born)
-            await enqueue(keys=[keys.jobs, keys.delayed, keys.cancels], args=args)
+            await enqueue(
+                keys=[keys.jobs, keys.delayed, keys.cancels, keys.marks(stream)], args=args
+            )
             for msg in msgs:
                 await msg.ack()
 

@@ -50,7 +50,7 @@ async def prepare(nats_url: str, redis_url: str, jobs: int, shards: int) -> dict
         for first in range(0, len(ids), 1000):
             args: list[str | int] = [keys.job_prefix, now]
             for job_id in ids[first : first + 1000]:
-                args += (job_id, worker.TOPIC, "{}", 0, "direct", now, "")
+                args += (job_id, worker.TOPIC, "{}", 0, "direct", now, "", 0)
             await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
     await pipe.execute()
     held = {name: int(await redis.xlen(QueueKeys(name).jobs)) for name in queue.shard_names}

@@ -50,7 +50,7 @@ async def prepare(nats_url: str, redis_url: str, jobs: int) -> None:
     for first in range(0, jobs, 1000):
         args: list[str | int] = [keys.job_prefix, now]
         for i in range(first, min(jobs, first + 1000)):
-            args += (f"bench:{i}", TOPIC, "{}", 0, "direct", now, "")
+            args += (f"bench:{i}", TOPIC, "{}", 0, "direct", now, "", 0)
         await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
     await pipe.execute()
     stored = await redis.xlen(keys.jobs)

@@ -324,10 +324,16 @@ class FlowlineResultBackend(AsyncResultBackend[Any]):
         """
         job = await self._job(task_id)
         if job is None:
+            queue = self.broker.queue
+            keep = queue.options.keep_completed
+            gone = (
+                "its queue keeps no completed records (keep_completed=0)"
+                if keep == 0
+                else f"expired {keep:g}s after it finished"
+            )
             raise LookupError(
-                f"job {task_id!r} has no record in Queue({self.broker.queue.name!r}): never "
-                f"enqueued, or expired {self.broker.queue.options.keep_completed:g}s after it "
-                "finished"
+                f"job {task_id!r} has no record in Queue({queue.name!r}): never enqueued, or "
+                f"{gone}"
             )
         if job.state not in ("completed", "failed"):
             raise LookupError(f"job {task_id!r} is {job.state}: it has no result yet")

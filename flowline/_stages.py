@@ -269,8 +269,10 @@ class Queue(Stage):
         retries: further attempts after a failure (per topic overridable).
         backoff: delay between attempts.
         timeout: seconds a handler may run before it fails with `JobTimeout`.
-        keep_completed: seconds a completed job's record (state, result) is kept; it is also
-            the window in which re-enqueueing the same job id is recognised as a duplicate.
+        keep_completed: seconds a completed job's record (state, result) is kept; 0 keeps
+            none, so Redis holds only work in flight. A job routed from a stream is a
+            duplicate while its message is unacked, whatever this says; a direct or keyed
+            enqueue of the same id is a duplicate while the record exists.
         keep_failed: seconds the record of a job that failed for good or was cancelled is
             kept (its dead letter stays until replayed or purged).
         rate: at most this many job starts per period across every process (`Rate`, or
@@ -330,10 +332,14 @@ class Queue(Stage):
         self.shard_names = [name] if shards == 1 else [f"{name}#{i}" for i in range(shards)]
         if self.options.visibility_timeout < 1:
             raise PipelineError(f"Queue {name!r}: visibility_timeout must be at least 1 second")
-        if self.options.keep_completed < 1 or self.options.keep_failed < 1:
+        keep = self.options.keep_completed
+        if keep != 0 and keep < 1:
             raise PipelineError(
-                f"Queue {name!r}: keep_completed and keep_failed must be at least 1 second"
+                f"Queue {name!r}: keep_completed must be 0 (keep no record) or at least 1 second,"
+                f" not {keep:g}"
             )
+        if self.options.keep_failed < 1:
+            raise PipelineError(f"Queue {name!r}: keep_failed must be at least 1 second")
 
     def shard_for(self, job_id: str, group: str | None) -> str:
         """The physical queue of a job: the shard of its group, else of its id (crc32, the

@@ -3,6 +3,7 @@ servers) and on the in-memory store and source, and expects the same answers of 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -227,6 +228,89 @@ class TestJobs:
         info = await store.job(pipeline, Q, "key:a")
         assert info is not None
         assert info.progress == 40.0
+
+    async def test_progress_after_the_record_went_leaves_none(self, store: JobStore) -> None:
+        """A late progress report or emit mark (after completion with `keep_completed=0`)
+        does not make a record with no expiry."""
+        await store.setup(Q)
+        await store.enqueue(Q, rows("a"), NOW)
+        [job] = await read(store)
+        await store.complete(Q, [(job, "null")], NOW + 5, 0)
+        await store.progress(Q, "key:a", 40)
+        await store.mark_emitted(Q, "key:a", 0, 17)
+        assert await store.job(pipeline, Q, "key:a") is None
+        assert await store.emitted(Q, "key:a", 0) is None
+
+
+def routed(seq: int, n: int = 2, source: str = "contract") -> list[Any]:
+    """The rows of stream message `seq` of `source`, routed into `n` jobs (one keyed)."""
+    jobs = [Job("work", {"n": i}) for i in range(n - 1)] + [Job("work", {}, key=f"k{seq}")]
+    return plan(
+        pipeline, jobs, f"{source}:{seq}", "stream", "route", now=NOW / 1000,
+        source=source, seq=seq,
+    )  # fmt: skip
+
+
+class TestDedupMarks:
+    """A routed job is a duplicate while its message is unacked, even with no record left."""
+
+    async def completed(self, store: JobStore, keep: int) -> None:
+        for job in await read(store):
+            await store.complete(Q, [(job, "null")], NOW + 5, keep)
+
+    async def test_keep_zero_leaves_no_record_and_no_result(self, store: JobStore) -> None:
+        await store.setup(Q)
+        assert await store.enqueue(Q, routed(1), NOW) == 2
+        await self.completed(store, 0)
+        assert await store.job(pipeline, Q, "contract:1:0") is None
+        assert await store.job(pipeline, Q, "key:k1") is None
+        assert await store.counts(Q) == QueueCounts(0, 0, 0, 0)
+
+    async def test_a_redelivered_message_is_skipped_until_its_marks_are_forgotten(
+        self, store: JobStore
+    ) -> None:
+        await store.setup(Q)
+        assert await store.enqueue(Q, routed(1) + routed(2), NOW) == 4
+        await self.completed(store, 0)
+        # The message redelivered (its ack lost): every job of it is known, keyed one too.
+        assert await store.enqueue(Q, routed(1) + routed(2), NOW) == 0
+        await store.forget([Q], "contract", 1)  # acked up to 1: only message 2 may come again
+        assert await store.enqueue(Q, routed(2), NOW) == 0
+        assert await store.enqueue(Q, routed(1), NOW) == 2  # never happens: 1 is acked
+        assert await read(store) != []
+
+    async def test_a_message_cut_off_between_its_calls_gets_the_rest_written(
+        self, store: JobStore
+    ) -> None:
+        """A message's jobs of one queue may take several calls (priority and grouped jobs
+        go by calls of their own): a process that died between them wrote only some, and
+        the redelivery writes the rest."""
+        await store.setup(Q)
+        jobs = [Job("work", {"n": 0}), Job("work", {"n": 1}, priority=5)]
+        both = plan(
+            pipeline, jobs, "contract:7", "stream", "r", now=NOW / 1000, source="contract", seq=7
+        )
+        assert await store.enqueue(Q, both[:1], NOW) == 1  # the first call only
+        await self.completed(store, 0)
+        assert await store.enqueue(Q, both, NOW) == 1
+        assert [j.job_id for j in await read(store)] == ["contract:7:1"]
+
+    async def test_marks_are_per_stream_and_per_queue(self, store: JobStore) -> None:
+        await store.setup(Q)
+        await store.setup("other")
+        assert await store.enqueue(Q, routed(1, source="a"), NOW) == 2
+        await self.completed(store, 0)
+        await store.forget([Q], "b", 10)  # another stream's floor
+        await store.forget(["other"], "a", 10)  # another queue's marks
+        assert await store.enqueue(Q, routed(1, source="a"), NOW) == 0
+
+    async def test_a_record_still_dedups_without_a_source(self, store: JobStore) -> None:
+        """Direct and keyed enqueues (no message) are duplicates while the record exists."""
+        await store.setup(Q)
+        assert await store.enqueue(Q, rows("a"), NOW) == 1
+        assert await store.enqueue(Q, rows("a"), NOW) == 0
+        await self.completed(store, 0)
+        assert await store.enqueue(Q, rows("a"), NOW) == 1
 
 
 class TestCancel:
@@ -498,6 +582,25 @@ class TestStreams:
         with pytest.raises(TimeoutError):
             await consumer.fetch(10, timeout=0.2)
 
+    async def test_the_ack_floor_is_below_the_first_unsettled_message(
+        self, source: StreamSource
+    ) -> None:
+        name = await source.ensure("contract")
+        consumer = await source.consumer(name, "contract", "c", ack_wait=30, max_ack_pending=1000)
+        assert await source.ack_floor(name, "c") == 0
+        for n in range(4):
+            await source.publish("contract", b"%d" % n)
+        one, two, three, four = await consumer.fetch(10, timeout=1)
+        await one.ack()
+        await three.ack()
+        await four.term()
+        await wait_for_floor(source, name, 1)
+        await two.nak(delay=0)
+        [again] = await consumer.fetch(10, timeout=1)
+        await wait_for_floor(source, name, 1)  # handed back is not settled
+        await again.ack()
+        await wait_for_floor(source, name, 4)
+
     async def test_each_durable_gets_every_message(self, source: StreamSource) -> None:
         name = await source.ensure("contract")
         await source.publish("contract", b"x")
@@ -506,3 +609,15 @@ class TestStreams:
             [msg] = await c.fetch(10, timeout=1)
             assert msg.data == b"x"
             await msg.ack()
+
+
+async def wait_for_floor(source: StreamSource, stream: str, floor: int) -> None:
+    """JetStream applies acks as they arrive: the floor may take a moment to reach `floor`,
+    and must never pass it."""
+    for _ in range(100):
+        got = await source.ack_floor(stream, "c")
+        assert got <= floor
+        if got == floor:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"ack floor {got}, not {floor}")

@@ -47,10 +47,23 @@ async def test_failed_and_cancelled_records_are_kept_for_keep_failed(
         assert 7 * DAY - 60 < await redis.ttl(Q.job(job_id)) <= 7 * DAY
 
 
-@pytest.mark.parametrize("field", ["keep_completed", "keep_failed"])
-def test_a_keep_under_a_second_is_refused(field: str) -> None:
-    with pytest.raises(PipelineError, match="keep_completed and keep_failed must be at least 1"):
-        Queue("q", **{field: 0.5})
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("keep_completed", 0.5, r"keep_completed must be 0 \(keep no record\) or at least 1 "
+         r"second, not 0.5$"),
+        ("keep_completed", -1, r"keep_completed must be 0 .* not -1$"),
+        ("keep_failed", 0.5, r"keep_failed must be at least 1 second$"),
+        ("keep_failed", 0, r"keep_failed must be at least 1 second$"),
+    ],
+)  # fmt: skip
+def test_a_keep_under_a_second_is_refused(field: str, value: float, message: str) -> None:
+    with pytest.raises(PipelineError, match=message):
+        Queue("q", **{field: value})
+
+
+def test_keep_completed_zero_is_keeping_no_record() -> None:
+    assert Queue("q", keep_completed=0).options.keep_completed == 0
 
 
 async def test_clean_deletes_old_records_of_one_state_while_workers_run(

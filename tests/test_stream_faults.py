@@ -29,7 +29,7 @@ from flowline.runtime.keys import QueueKeys
 from .conftest import eventually
 
 
-def fanbase(router: Any = None, **stream_opts: Any):
+def fanbase(router: Any = None, keep_completed: float = 86400, **stream_opts: Any):
     """A fresh fanbase-like pipeline whose one handler records the jobs it ran."""
 
     def default_router(event: FanbaseEvent) -> Any:
@@ -38,7 +38,7 @@ def fanbase(router: Any = None, **stream_opts: Any):
     pipeline = (
         Stream("faults", FanbaseEvent, **stream_opts)
         >> Route(router or default_router)
-        >> Queue("faults", visibility_timeout=5)
+        >> Queue("faults", visibility_timeout=5, keep_completed=keep_completed)
     )
     ran: list[dict[str, Any]] = []
 
@@ -195,6 +195,47 @@ class TestRedelivery:
         assert sorted(r["id"] for r in ran) == ["faults:1:0", "faults:1:1", "faults:1:2"]
         assert await write(RedisStore(redis), rows) == 0
         assert await redis.xlen(QueueKeys("faults").jobs) == 0
+
+    async def test_with_no_records_kept_a_message_whose_jobs_finished_runs_nothing_again(
+        self, settings, js, redis
+    ):
+        """With `keep_completed=0` no record is left to recognise a job by: its dedup mark
+        skips a redelivered message's jobs that already ran, keyed ones too; once the message
+        is acked the stream side forgets the marks, and Redis keeps nothing of the jobs."""
+        jobs = [Job("notify", {"fan": "once", "n": n}) for n in range(2)]
+        jobs.append(Job("notify", {"fan": "once", "n": 2}, key="once"))
+        pipeline, ran, _ = fanbase(lambda e: jobs, keep_completed=0)
+        ack = await js.publish("faults", good("once")) if await _stream(js) else None
+        assert ack is not None
+        # What a process that died before its ack had written, then its jobs all ran.
+        rows = plan(pipeline, jobs, f"faults:{ack.seq}", "stream", "r", source="faults", seq=1)
+        assert await write(RedisStore(redis), rows) == 3
+        async with Runner(pipeline, settings, only=["queue"]):
+            await eventually(lambda: len(ran) == 3)
+        keys = QueueKeys("faults")
+        assert [await redis.exists(keys.job(r.id)) for r in rows] == [0, 0, 0]
+        assert await redis.zrange(keys.marks("faults"), 0, -1) == [b"1:s"]  # one per message
+        # The redelivery: routed again into the same ids, and skipped.
+        async with Runner(pipeline, settings):
+            await eventually(lambda: consumer_idle(js, pipeline))
+
+            async def forgotten() -> bool:
+                return await redis.zcard(keys.marks("faults")) == 0
+
+            await eventually(forgotten, timeout=5)
+            await asyncio.sleep(0.3)
+        assert sorted(r["id"] for r in ran) == ["faults:1:0", "faults:1:1", "key:once"]
+        assert await redis.keys("flowline:{faults}:job:*") == []
+
+    async def test_without_marks_a_finished_job_would_run_again(self, settings, js, redis):
+        """What the marks prevent: the same rows written with no source have no mark, so
+        once their records are gone the same ids are new again."""
+        pipeline, ran, _ = fanbase(keep_completed=0)
+        rows = plan(pipeline, [Job("notify", {"fan": "x"})], "faults:9", "stream", "r")
+        assert await write(RedisStore(redis), rows) == 1
+        async with Runner(pipeline, settings, only=["queue"]):
+            await eventually(lambda: len(ran) == 1)
+        assert await write(RedisStore(redis), rows) == 1
 
 
 async def _stream(js) -> bool:

@@ -100,8 +100,16 @@ class JobStore:
     async def enqueue(self, queue: str, rows: Sequence[Planned], now_ms: int) -> int:
         """Add the jobs of `rows` (all of `queue`) whose id has no record yet; returns how many.
 
-        A job with ``due_ms`` > 0 waits until then; priority > 0 is read before the others.
+        A job with ``due_ms`` > 0 waits until then; priority > 0 is read before the others. A
+        row with a `source` (routed from a stream message) is also skipped while its id has a
+        dedup mark, and leaves one: so a redelivered message's jobs are skipped even after
+        their records are gone, until `forget` drops the marks of that message's sequence.
         """
+        raise NotImplementedError
+
+    async def forget(self, queues: Sequence[str], source: str, floor: int) -> None:
+        """Drop the dedup marks of `source`'s messages with sequence <= `floor` in `queues`:
+        the stream's consumer has acked every one of them, so none is delivered again."""
         raise NotImplementedError
 
     # -- a worker's jobs -----------------------------------------------------------------------
@@ -132,8 +140,8 @@ class JobStore:
     async def complete(
         self, queue: str, done: Sequence[tuple[Running, str]], now_ms: int, keep: int
     ) -> None:
-        """Finish jobs with their JSON results, keeping each record `keep` seconds. Completing
-        a job twice is harmless."""
+        """Finish jobs with their JSON results, keeping each record `keep` seconds (0: the
+        record goes at once, result and all). Completing a job twice is harmless."""
         raise NotImplementedError
 
     async def fail(
@@ -368,4 +376,9 @@ class StreamSource:
     ) -> Consumer:
         """The durable consumer `durable` of `subject` (created, delivering from the start, if
         it does not exist): messages not acked within `ack_wait` are delivered again."""
+        raise NotImplementedError
+
+    async def ack_floor(self, stream: str, durable: str) -> int:
+        """The highest sequence at or below which `durable` has acked (or terminated) every
+        message of `stream`: JetStream delivers none of those again."""
         raise NotImplementedError

@@ -147,6 +147,10 @@ class JetStreamSource(StreamSource):
         ack = await js.publish(subject, payload, headers=headers)
         return int(ack.seq)
 
+    async def ack_floor(self, stream: str, durable: str) -> int:
+        info = await (await self._connect()).consumer_info(stream, durable)
+        return int(info.ack_floor.stream_seq) if info.ack_floor is not None else 0
+
     async def consumer(
         self, stream: str, subject: str, durable: str, *, ack_wait: float, max_ack_pending: int
     ) -> Consumer:

@@ -79,6 +79,8 @@ class _Queue:
     blocked_until: int = 0  # ms: the queue's rate lets no job start before then
     active: dict[str, int] = field(default_factory=dict)  # group -> its jobs in the streams
     waiting: dict[str, collections.deque[str]] = field(default_factory=dict)  # group -> ids
+    # Dedup marks: source -> {(sequence, call class): sequence}, as ENQUEUE keeps them.
+    marks: dict[str, dict[tuple[int, str], int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for stream in (*self.keys.streams, self.keys.dead):
@@ -249,7 +251,17 @@ class MemoryStore(JobStore):
     async def enqueue(self, queue: str, rows: Sequence[Planned], now_ms: int) -> int:
         q = self._q(queue)
         added = 0
+        fresh: dict[tuple[int, str], bool] = {}  # as ENQUEUE's marks: per message and class
         for r in rows:
+            if r.source:
+                mark = (r.seq, ("g" if r.group else "") + ("t" if r.priority > 0 else "s"))
+                new = fresh.get(mark)
+                if new is None:
+                    marks = q.marks.setdefault(r.source, {})
+                    new = fresh[mark] = mark not in marks
+                    marks[mark] = r.seq
+                if not new:
+                    continue
             if self._record(queue, r.id) is not None:
                 continue
             q.cancels.pop(r.id, None)
@@ -311,10 +323,15 @@ class MemoryStore(JobStore):
         for job, result in done:
             held = job.key in q.pending  # completing twice hands on one group slot, not two
             self._settled(q, job)
-            self._write(
-                queue, job.job_id, state="completed", result=result, finished=now_ms, progress=100
-            )
-            self._expire(queue, job.job_id, keep)
+            if keep == 0:
+                self._records.pop((queue, job.job_id), None)
+                self._expires.pop((queue, job.job_id), None)
+            else:
+                self._write(
+                    queue, job.job_id, state="completed", result=result, finished=now_ms,
+                    progress=100,
+                )  # fmt: skip
+                self._expire(queue, job.job_id, keep)
             if held:
                 self._leave(queue, job.group)
         self.changes += 1
@@ -398,7 +415,8 @@ class MemoryStore(JobStore):
         self.changes += 1
 
     async def progress(self, queue: str, job_id: str, percent: float) -> None:
-        self._write(queue, job_id, progress=percent)
+        if self._record(queue, job_id) is not None:  # as Redis: no record made by a late write
+            self._write(queue, job_id, progress=percent)
 
     def _cancelled(self, queue: str, job_id: str, now_ms: int, keep: int, **more: str) -> None:
         rec = self._write(queue, job_id, state="cancelled", finished=now_ms, **more)
@@ -509,7 +527,15 @@ class MemoryStore(JobStore):
         return None if done is None else int(done)
 
     async def mark_emitted(self, queue: str, job_id: str, n: int, sequence: int) -> None:
-        self._write(queue, job_id, **{f"emitted:{n}": sequence})
+        if self._record(queue, job_id) is not None:
+            self._write(queue, job_id, **{f"emitted:{n}": sequence})
+
+    async def forget(self, queues: Sequence[str], source: str, floor: int) -> None:
+        for queue in queues:
+            marks = self._q(queue).marks.get(source)
+            if marks:
+                for mark in [m for m, seq in marks.items() if seq <= floor]:
+                    del marks[mark]
 
     async def fan_in_totals(self, pipeline: str, totals: dict[str, int], keep: int) -> None:
         for origin, total in totals.items():
@@ -710,6 +736,15 @@ class MemoryConsumer:
             heapq.heappush(self.again, (self.clock.time() + again, sequence))
             self.wake.set()
 
+    def ack_floor(self) -> int:
+        """As JetStream's: every message at or below it is acked or terminated."""
+        unsettled = [*self.out, *(sequence for _, sequence in self.again)]
+        messages = self.stream.messages
+        if self.next < len(messages):
+            unsettled.append(messages[self.next].sequence)
+        last = messages[-1].sequence if messages else 0
+        return min(unsettled, default=last + 1) - 1
+
     def _take(self, batch: int) -> list[MemoryMessage]:
         now = self.clock.time()
         picked: list[int] = []
@@ -803,6 +838,12 @@ class MemorySource(StreamSource):
         for consumer in stream.consumers.values():
             consumer.wake.set()
         return sequence
+
+    async def ack_floor(self, stream: str, durable: str) -> int:
+        for s in self._streams.values():
+            if s.name == stream and durable in s.consumers:
+                return s.consumers[durable].ack_floor()
+        return 0
 
     async def consumer(
         self, stream: str, subject: str, durable: str, *, ack_wait: float, max_ack_pending: int

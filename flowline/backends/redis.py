@@ -87,18 +87,24 @@ def enqueue_calls(
     class one more for jobs with a group (ENQUEUE_GROUPED, when `grouped`)."""
     keys = QueueKeys(queue)
     now = str(now_ms)
-    calls: dict[tuple[bool, str], list[str | int]] = {}
+    calls: dict[tuple[bool, str, str], list[str | int]] = {}
     for r in rows:
         stream = keys.urgent if r.priority > 0 else keys.jobs
-        args = calls.get((bool(r.group), stream))
+        args = calls.get((bool(r.group), stream, r.source))
         if args is None:
-            args = calls[(bool(r.group), stream)] = [keys.job_prefix, now]
-        args += (r.id, r.topic, r.data, r.due_ms, r.origin, r.born_ms or now_ms, r.trace)
+            args = calls[(bool(r.group), stream, r.source)] = [keys.job_prefix, now]
+        args += (r.id, r.topic, r.data, r.due_ms, r.origin, r.born_ms or now_ms, r.trace, r.seq)
         if r.group:
             args += (r.group, r.group_limit)
     return [
-        (grouped, [stream, keys.delayed, keys.cancels], args)
-        for (grouped, stream), args in calls.items()
+        (
+            grouped,
+            [stream, keys.delayed, keys.cancels, keys.marks(source)]
+            if source
+            else [stream, keys.delayed, keys.cancels],
+            args,
+        )
+        for (grouped, stream, source), args in calls.items()
     ]
 
 
@@ -389,7 +395,7 @@ class RedisStore(JobStore):
         return bool(done)
 
     async def progress(self, queue: str, job_id: str, percent: float) -> None:
-        await self.redis.hset(self._k(queue).job(job_id), "progress", percent)
+        await self.scripts.note(keys=[self._k(queue).job(job_id)], args=["progress", percent])
 
     async def take(
         self, queue: str, topic: str, wanted: int, limit: int, period: float, token: str
@@ -440,7 +446,11 @@ class RedisStore(JobStore):
         return None if done is None else int(done)
 
     async def mark_emitted(self, queue: str, job_id: str, n: int, sequence: int) -> None:
-        await self.redis.hset(self._k(queue).job(job_id), f"emitted:{n}", sequence)
+        await self.scripts.note(keys=[self._k(queue).job(job_id)], args=[f"emitted:{n}", sequence])
+
+    async def forget(self, queues: Sequence[str], source: str, floor: int) -> None:
+        for queue in queues:
+            await self.redis.zremrangebyscore(self._k(queue).marks(source), "-inf", floor)
 
     async def fan_in_totals(self, pipeline: str, totals: dict[str, int], keep: int) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -21,7 +21,9 @@ class Planned(NamedTuple):
 
     `born_ms` is when the work began (the stream message's stored time, the cron tick; 0 means
     the moment it is written), from which ``flowline_event_to_done_seconds`` is measured;
-    `trace` is the W3C traceparent the job's span continues ('' when not tracing).
+    `trace` is the W3C traceparent the job's span continues ('' when not tracing). A job routed
+    from a stream message names the message's stream (`source`) and sequence (`seq`): the store
+    keeps a dedup mark for it until the stream side forgets that sequence (`JobStore.forget`).
     """
 
     queue: str
@@ -35,6 +37,8 @@ class Planned(NamedTuple):
     trace: str = ""
     group: str = ""  # '' for none
     group_limit: int = 0  # its queue's `group_limit`, for a job with a group
+    source: str = ""  # the stream of the message it was routed from ('' for none)
+    seq: int = 0  # that message's sequence
 
 
 def plan(
@@ -47,10 +51,13 @@ def plan(
     born_ms: int = 0,
     trace: str = "",
     now: float | None = None,
+    source: str = "",
+    seq: int = 0,
 ) -> list[Planned]:
     """Give each job its id (``<base_id>:<index>``, or ``key:<key>``) and encode its data.
 
     A delayed job is due `delay` after `now` (epoch seconds; default: the machine's clock).
+    Jobs routed from a stream message name its stream (`source`) and sequence (`seq`).
 
     Raises:
         UnknownTopicError: a job's topic has no handler in the pipeline.
@@ -95,13 +102,11 @@ def plan(
         job_id = f"key:{job.key}" if job.key is not None else f"{base_id}:{index}"
         if sharded is not None:
             queue = sharded.shard_for(job_id, job.group)
-        if job.group is None:
-            row = Planned(queue, job_id, name, data, due, origin, job.priority, born_ms, trace)
-        else:
-            row = Planned(
-                queue, job_id, name, data, due, origin, job.priority, born_ms, trace, job.group,
-                limit,
-            )  # fmt: skip
+        row = Planned(
+            queue, job_id, name, data, due, origin, job.priority, born_ms, trace,
+            "" if job.group is None else job.group, limit if job.group is not None else 0,
+            source, seq,
+        )  # fmt: skip
         rows.append(row)
     return rows
 

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("flowline.ingest")
 
+# How often the stream side drops the dedup marks of messages its consumer has acked: marks
+# (and so Redis memory) then cover the messages of about this long beyond those in flight.
+FORGET_INTERVAL = 1.0
+
 
 class StreamIngest:
     """Consumes one pipeline's Stream through a durable pull consumer shared by all processes."""
@@ -65,7 +69,13 @@ class StreamIngest:
         self._batch_started = 0.0
         self.log = log.bind(pipeline=pipeline.name, stage="stream", subject=stream.subject)
         self._fan_in = self.route is not None and self.route.fan_in
-        self._keep = int(max((q.options.keep_completed for q in pipeline.queues), default=86400))
+        # Fan-in bookkeeping outlives the jobs' records, also with `keep_completed=0`.
+        self._keep = int(
+            max(
+                (q.options.keep_completed or q.options.keep_failed for q in pipeline.queues),
+                default=86400,
+            )
+        )
         self.metrics = metrics
         self.stats = metrics.stream(pipeline.name, stream.subject) if metrics is not None else None
         self._added = (
@@ -75,6 +85,10 @@ class StreamIngest:
             inspect.iscoroutinefunction(self.route.fn) or inspect.isasyncgenfunction(self.route.fn)
         )
         self.tracing = get_tracing()  # looked up again per batch: the app may set it up later
+        # Every queue this stream's jobs can land in: its dedup marks are forgotten there.
+        self._queues = [name for q in pipeline.queues for name in q.shard_names]
+        self._high = 0  # the highest sequence this process acked
+        self._forgotten = -1  # the ack floor up to which marks are forgotten (-1: not looked)
 
     async def setup(self) -> None:
         """Create the stream (if no stream captures the subject) and the durable consumer."""
@@ -91,6 +105,7 @@ class StreamIngest:
         """Fetch and process batches until `stop` is set; never exits on a server fault."""
         assert self.sub is not None, "setup() first"
         keepalive = asyncio.create_task(self._keepalive(stop), name=f"keepalive:{self.durable}")
+        forgetting = asyncio.create_task(self._forget(stop), name=f"forget:{self.durable}")
         failures = 0
         clock = self.clock
         try:
@@ -115,6 +130,24 @@ class StreamIngest:
                     await clock.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
         finally:
             await keepalive
+            await forgetting
+
+    async def _forget(self, stop: asyncio.Event) -> None:
+        """Drop the dedup marks of the messages the consumer has acked, every FORGET_INTERVAL.
+
+        Any process's stream side may drop any process's marks: the ack floor is the consumer's,
+        shared by all. Marks at or below it are of messages JetStream never delivers again.
+        """
+        while not await self.clock.wait(stop, FORGET_INTERVAL):
+            if self._high <= self._forgotten:
+                continue  # idle since: the floor has passed all this process acked
+            try:
+                floor = await self.source.ack_floor(self.stream_name, self.durable)
+                if floor > max(self._forgotten, 0):
+                    await self.store.forget(self._queues, self.stream_name, floor)
+                self._forgotten = max(self._forgotten, floor)
+            except Exception as exc:  # a server down: the marks wait for the next round
+                self.log.debug("could not forget acked messages' marks", error=repr(exc))
 
     async def _keepalive(self, stop: asyncio.Event) -> None:
         """Tell JetStream a batch is in progress while its routes run long (not redelivered).
@@ -168,6 +201,8 @@ class StreamIngest:
                 sending.end()
         for msg in ready:
             await msg.ack()
+        if ready:
+            self._high = max(self._high, max(m.metadata.sequence.stream for m in ready))
         if self.stats is not None:
             self.stats.routed += len(ready)
         return True
@@ -237,6 +272,8 @@ class StreamIngest:
                     born_ms=int(meta.timestamp.timestamp() * 1000),
                     trace=trace,
                     now=self.clock.time(),
+                    source=self.stream_name,
+                    seq=seq,
                 )
             except Exception as exc:
                 err: Exception = (

@@ -78,6 +78,10 @@ class QueueKeys:
     def group(self, group: str) -> str:
         return self.prefix + "group:" + group
 
+    def marks(self, source: str) -> str:
+        """Dedup marks of the jobs written from `source`'s messages (scored by sequence)."""
+        return self.prefix + "seen:" + source
+
     @property
     def job_prefix(self) -> str:
         return self.prefix + "job:"

@@ -15,18 +15,48 @@ from redis.commands.core import AsyncScript
 # the stream message's stored time, the cron tick, or the direct enqueue) and, when tracing, the
 # W3C traceparent it continues. Every script that re-adds a job carries born and trace along.
 
-# KEYS: ready stream (jobs, or urgent for priority jobs), delayed zset, cancel requests zset.
-# ARGV: job key prefix, now ms, then per job: id, topic, data, due ms (0 = now), origin, born ms,
-# traceparent ('' for none). Returns how many were new. A ready job's record names its entry
-# (`stream`, `entry`), so a cancel finds it without a scan; a new job drops any cancel request
-# left under its id by an older job of the same id.
-ENQUEUE = """
-local prefix, now, added = ARGV[1], ARGV[2], 0
+# Dedup marks (KEYS[4] of ENQUEUE and ENQUEUE_GROUPED, given only for jobs routed from a
+# stream message): a sorted set per queue and stream, with one member per message and call
+# class (`<seq>:<class>`, scored by the sequence). One call writes every job of a message that
+# falls in its class (ready stream, grouped or not) at once, so a mark found means that call
+# ran before: the message is a redelivery, and its jobs of the class are skipped even once
+# their records are gone (`keep_completed=0`, or expired). One mark per message, not per job,
+# keeps their cost per call of a fan-out flat. The stream side drops the marks at or below its
+# consumer's ack floor (`JobStore.forget`): JetStream never delivers an acked message again, so
+# Redis holds marks of unacked messages only. MARKS_TTL is a backstop for marks no stream side
+# trims any more (a Stream removed from the pipeline).
+MARKS_TTL = 7 * 24 * 3600
+
+# Whether the jobs of the message at ARGV[i + 7] are new to this call's class (a Lua function,
+# shared by both enqueue scripts; `fresh` remembers each message's answer within the call).
+MARKED = """
+local function unmarked(seen, fresh, seq, class)
+  if not seen then return true end
+  local new = fresh[seq]
+  if new == nil then
+    new = redis.call('ZADD', seen, 'NX', seq, seq .. class) == 1
+    fresh[seq] = new
+  end
+  return new
+end
+"""
+
+# KEYS: ready stream (jobs, or urgent for priority jobs), delayed zset, cancel requests zset,
+# dedup marks (optional). ARGV: job key prefix, now ms, then per job: id, topic, data, due ms
+# (0 = now), origin, born ms, traceparent ('' for none), message sequence (the mark's score).
+# Returns how many were new. A ready job's record names its entry (`stream`, `entry`), so a
+# cancel finds it without a scan; a new job drops any cancel request left under its id by an
+# older job of the same id.
+ENQUEUE = (
+    MARKED
+    + f"""
+local prefix, now, added, seen, fresh = ARGV[1], ARGV[2], 0, KEYS[4], {{}}
+local class = ':' .. string.sub(KEYS[1], -1)  -- jobs or urgent
 local requests = redis.call('EXISTS', KEYS[3]) == 1
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   local id = ARGV[i]
   local key = prefix .. id
-  if redis.call('EXISTS', key) == 0 then
+  if unmarked(seen, fresh, ARGV[i + 7], class) and redis.call('EXISTS', key) == 0 then
     if requests then redis.call('ZREM', KEYS[3], id) end
     local due = tonumber(ARGV[i + 3])
     local trace = ARGV[i + 6]
@@ -50,8 +80,10 @@ for i = 3, #ARGV, 7 do
     added = added + 1
   end
 end
+if seen and added > 0 then redis.call('EXPIRE', seen, {MARKS_TTL}) end
 return added
 """
+)
 
 
 # Groups (`Job(group=...)`, `Queue(group_limit=)`): at most `glimit` jobs of one group are in
@@ -105,20 +137,23 @@ local function g_admit(jp, id, g, limit, stream, topic, data, attempt, born, tra
 end
 """
 
-# KEYS: ready stream, delayed zset, cancel requests zset. ARGV: job key prefix, now ms, then per
-# job: id, topic, data, due ms, origin, born ms, traceparent, group, group limit. ENQUEUE for
-# jobs with a group (ENQUEUE itself stays as it was for the rest). Returns how many were new.
+# KEYS: ready stream, delayed zset, cancel requests zset, dedup marks (optional). ARGV: job key
+# prefix, now ms, then per job: id, topic, data, due ms, origin, born ms, traceparent, message
+# sequence, group, group limit. ENQUEUE for jobs with a group (ENQUEUE itself stays as it was
+# for the rest). Returns how many were new.
 ENQUEUE_GROUPED = (
     GROUPS
-    + """
-local jp, now, added = ARGV[1], ARGV[2], 0
+    + MARKED
+    + f"""
+local jp, now, added, seen, fresh = ARGV[1], ARGV[2], 0, KEYS[4], {{}}
+local class = ':g' .. string.sub(KEYS[1], -1)
 local requests = redis.call('EXISTS', KEYS[3]) == 1
-for i = 3, #ARGV, 9 do
+for i = 3, #ARGV, 10 do
   local id = ARGV[i]
   local key = jp .. id
-  if redis.call('EXISTS', key) == 0 then
+  if unmarked(seen, fresh, ARGV[i + 7], class) and redis.call('EXISTS', key) == 0 then
     if requests then redis.call('ZREM', KEYS[3], id) end
-    local g, limit = ARGV[i + 7], ARGV[i + 8]
+    local g, limit = ARGV[i + 8], ARGV[i + 9]
     redis.call('HSET', key, 'topic', ARGV[i + 1], 'attempt', 1, 'created', now,
       'origin', ARGV[i + 4], 'group', g, 'glimit', limit)
     if tonumber(ARGV[i + 3]) > 0 then
@@ -131,6 +166,7 @@ for i = 3, #ARGV, 9 do
     added = added + 1
   end
 end
+if seen and added > 0 then redis.call('EXPIRE', seen, {MARKS_TTL}) end
 return added
 """
 )
@@ -147,6 +183,10 @@ redis.call('XDEL', KEYS[1], unpack(entries))
 if KEYS[2] then
   redis.call('HINCRBY', KEYS[2], 'completed', #entries)
   redis.call('EXPIRE', KEYS[2], 180)
+end
+if keep == '0' then  -- Queue(keep_completed=0): no record, no result
+  for i = 5, #ARGV, 3 do redis.call('DEL', prefix .. ARGV[i + 1]) end
+  return 1
 end
 for i = 5, #ARGV, 3 do
   local key = prefix .. ARGV[i + 1]
@@ -170,9 +210,13 @@ for i = 5, #ARGV, 4 do
   local key = prefix .. ARGV[i + 1]
   local acked = redis.call('XACK', KEYS[1], group, ARGV[i])
   redis.call('XDEL', KEYS[1], ARGV[i])
-  redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished', now,
-    'progress', 100)
-  redis.call('EXPIRE', key, keep)
+  if keep == '0' then
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished', now,
+      'progress', 100)
+    redis.call('EXPIRE', key, keep)
+  end
   if acked == 1 then
     n = n + 1
     g_leave(prefix, ARGV[i + 3])
@@ -481,6 +525,14 @@ return 1
 # Clean (`JobStore.clean`): KEYS: job hashes. ARGV: state, finished before (ms). Deletes the
 # records in that state that finished before then; a record in any other state (a job still
 # waiting or running) is never touched, so it is safe while workers run. Returns how many.
+# KEYS: a job's record. ARGV: field, value. Writes only while the record exists: a late write
+# (a progress report after its job completed with `keep_completed=0`, or from a worker whose
+# job was taken over and finished elsewhere) must not leave a record with no expiry behind.
+NOTE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
 CLEAN = """
 local n = 0
 for _, key in ipairs(KEYS) do
@@ -532,6 +584,7 @@ class Scripts:
         self.cancel: AsyncScript = redis.register_script(CANCEL)
         self.cancelled: AsyncScript = redis.register_script(CANCELLED)
         self.clean: AsyncScript = redis.register_script(CLEAN)
+        self.note: AsyncScript = redis.register_script(NOTE)
         self.take: AsyncScript = redis.register_script(TAKE)
         self.defer: AsyncScript = redis.register_script(DEFER)
         self.fan_in: AsyncScript = redis.register_script(FAN_IN)

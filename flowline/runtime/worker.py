@@ -670,7 +670,9 @@ class QueueWorker:
         if not routed:
             return
         try:
-            complete = await self.store.fan_in_finished(self.pipeline.name, routed, self._keep)
+            # Fan-in bookkeeping outlives the jobs' records, also with `keep_completed=0`.
+            keep = self._keep or self._keep_failed
+            complete = await self.store.fan_in_finished(self.pipeline.name, routed, keep)
         except Exception as exc:
             self.log.warning("fan-in bookkeeping failed", error=repr(exc))
             return

@@ -228,7 +228,18 @@ class TestClaims:
         for stream, job_id, sleep in ((q.urgent, "short", 1.0), (q.jobs, "long", 3.0)):
             await scripts.enqueue(
                 keys=[stream, q.delayed, q.cancels],
-                args=[q.job_prefix, 1, job_id, "work", json.dumps({"sleep": sleep}), 0, "t", 1, ""],
+                args=[
+                    q.job_prefix,
+                    1,
+                    job_id,
+                    "work",
+                    json.dumps({"sleep": sleep}),
+                    0,
+                    "t",
+                    1,
+                    "",
+                    0,
+                ],
             )
         stop = asyncio.Event()
         return worker, stop, asyncio.create_task(worker.run(stop, grace=5))
