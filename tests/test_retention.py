@@ -13,7 +13,7 @@ from flowline import PipelineError, Queue, Settings, connect
 from flowline.runtime.keys import QueueKeys
 
 from .apps.recorder import pipeline as recorder
-from .conftest import eventually, flowline_cli
+from .conftest import eventually, flowline_cli, runs
 
 TARGET = "tests.apps.recorder:pipeline"
 Q = QueueKeys("recorder")
@@ -131,3 +131,65 @@ def test_bad_clean_arguments_are_one_line_errors_that_delete_nothing(
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"Error: {message}"
     assert "Traceback" not in result.stderr
+
+
+KEEP_NOTHING = {"FLOWLINE_TEST_KEEP_COMPLETED": "0"}
+
+
+class TestKeepingNothing:
+    """`keep_completed=0` with real `flowline worker` processes: Redis keeps only work in
+    flight, and no job runs twice for want of a record."""
+
+    async def publish(self, js: Any, n: int, pause: float = 0.0) -> None:
+        for i in range(n):
+            await asyncio.sleep(pause)
+            jobs = [
+                {"topic": "record", "data": {"i": i}},
+                {"topic": "record", "data": {"i": i, "keyed": True}, "key": f"k{i}"},
+            ]
+            await js.publish("recorder", json.dumps({"jobs": jobs}).encode())
+
+    async def drained(self, redis: Any, jobs: int) -> bool:
+        done = [r for r in await runs(redis) if r["event"] == "done"]
+        return len({r["id"] for r in done}) == jobs
+
+    async def test_completed_jobs_leave_nothing_and_marks_are_forgotten(
+        self, worker: Any, js: Any, redis: Any
+    ) -> None:
+        proc = worker(TARGET, "--concurrency", "10", env=KEEP_NOTHING)
+        await proc.ready()
+        await self.publish(js, 150)
+        await eventually(lambda: self.drained(redis, 300), timeout=30)
+
+        async def nothing_left() -> bool:
+            records = [k async for k in redis.scan_iter(match=Q.job_prefix + "*")]
+            return not records and await redis.zcard(Q.marks("recorder")) == 0
+
+        await eventually(nothing_left, timeout=10)
+        done = [r for r in await runs(redis) if r["event"] == "done"]
+        assert len(done) == 300  # each once
+        assert (await redis.xlen(Q.jobs), await redis.zcard(Q.delayed)) == (0, 0)
+
+    async def test_a_worker_killed_midway_runs_no_job_twice_as_new(
+        self, worker: Any, js: Any, redis: Any
+    ) -> None:
+        """A SIGKILL while events flow in and jobs run: a job may run again only as a later
+        attempt of itself (at least once), never as a second attempt 1 (a duplicate).
+        (test_stream_faults shows the kill between enqueue and ack deterministically.)"""
+        first = worker(TARGET, "--concurrency", "10", env=KEEP_NOTHING)
+        await first.ready()
+        publishing = asyncio.create_task(self.publish(js, 400, pause=0.005))
+
+        async def some_done() -> bool:
+            return len([r for r in await runs(redis) if r["event"] == "done"]) >= 100
+
+        await eventually(some_done, timeout=30)
+        first.kill()
+        second = worker(TARGET, "--concurrency", "10", env=KEEP_NOTHING)
+        await second.ready()
+        await publishing
+        await eventually(lambda: self.drained(redis, 800), timeout=60)
+        starts = [(r["id"], r["attempt"]) for r in await runs(redis) if r["event"] == "start"]
+        assert len(set(starts)) == len(starts), "a job ran twice at the same attempt"
+        assert len({job_id for job_id, _ in starts}) == 800
+        assert sum(job_id.startswith("key:k") for job_id, _ in set(starts)) >= 400

@@ -3,7 +3,7 @@
 Events are JSON: ``{"jobs": [{"topic": ..., "data": ...}, ...]}`` becomes those jobs;
 ``{"raise": "why"}`` makes the router raise. Settings come from the environment so one module
 serves every test: FLOWLINE_TEST_VISIBILITY, FLOWLINE_TEST_RETRIES, FLOWLINE_TEST_MAX_DELIVER,
-FLOWLINE_TEST_ACK_WAIT, FLOWLINE_TEST_REPLICAS, FLOWLINE_TEST_SHARDS.
+FLOWLINE_TEST_ACK_WAIT, FLOWLINE_TEST_REPLICAS, FLOWLINE_TEST_SHARDS, FLOWLINE_TEST_KEEP_COMPLETED.
 
 Every handler run appends ``{"id", "topic", "attempt", "pid", "event", "t"}`` to the Redis list
 ``test:runs`` (event is "start" or "done"), so tests assert on what handlers really did; in
@@ -86,6 +86,7 @@ pipeline = (
         backoff=Backoff(base=0.05, cap=0.2),
         timeout=float(os.environ.get("FLOWLINE_TEST_TIMEOUT", "30")),
         shards=int(os.environ.get("FLOWLINE_TEST_SHARDS", "1")),
+        keep_completed=float(os.environ.get("FLOWLINE_TEST_KEEP_COMPLETED", "86400")),
     )
 )
 
