@@ -65,8 +65,10 @@ class StreamIngest:
         self.route = pipeline.route_for(stream)
         self.durable = stream.durable or pipeline.name
         self.stream_name = ""
-        self._batch: list[Msg] = []
+        self._batch: list[Msg] = []  # being routed, then waiting for the write before it
         self._batch_started = 0.0
+        self._writing: list[Msg] = []  # being written, then acked
+        self._writing_started = 0.0
         self.log = log.bind(pipeline=pipeline.name, stage="stream", subject=stream.subject)
         self._fan_in = self.route is not None and self.route.fan_in
         # Fan-in bookkeeping outlives the jobs' records, also with `keep_completed=0`.
@@ -102,12 +104,18 @@ class StreamIngest:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and process batches until `stop` is set; never exits on a server fault."""
+        """Fetch and process batches until `stop` is set; never exits on a server fault.
+
+        Two batches overlap: one is written to Redis (then acked) while the next is fetched
+        and routed. Writes stay in order, one at a time, and each message is acked only after
+        its own jobs are written; a stop lets the batch being written finish.
+        """
         assert self.sub is not None, "setup() first"
         keepalive = asyncio.create_task(self._keepalive(stop), name=f"keepalive:{self.durable}")
         forgetting = asyncio.create_task(self._forget(stop), name=f"forget:{self.durable}")
         failures = 0
         clock = self.clock
+        writing: asyncio.Task[bool] | None = None
         try:
             while not stop.is_set():
                 try:
@@ -120,15 +128,21 @@ class StreamIngest:
                     self.log.warning("fetch failed; backing off", error=repr(exc), delay=delay)
                     await clock.sleep(delay)
                     continue
-                self._batch, self._batch_started = msgs, clock.monotonic()
-                try:
-                    ok = await self.process(msgs)
-                finally:
-                    self._batch = []
-                failures = 0 if ok else failures + 1
-                if not ok:
-                    await clock.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+                started = clock.monotonic()
+                self._batch, self._batch_started = msgs, started
+                rows, ready = await self.route_batch(msgs)
+                if writing is not None:
+                    ok = await writing
+                    failures = 0 if ok else failures + 1
+                    if not ok:
+                        await clock.sleep(min(5.0, 0.1 * 2**failures) * random.uniform(0.5, 1.0))
+                self._writing, self._writing_started = msgs, started
+                self._batch = []
+                writing = asyncio.create_task(self.write_batch(rows, ready))
         finally:
+            if writing is not None:
+                await writing
+            self._batch = self._writing = []
             await keepalive
             await forgetting
 
@@ -157,15 +171,24 @@ class StreamIngest:
         interval = max(0.5, self.stream.ack_wait / 3)
         while not stop.is_set():
             await self.clock.wait(stop, interval / 2)
-            batch = self._batch
-            if batch and self.clock.monotonic() - self._batch_started >= interval:
-                for msg in batch:
-                    if not msg._ackd:
-                        with contextlib.suppress(Exception):
-                            await msg.in_progress()
+            now = self.clock.monotonic()
+            for batch, started in (
+                (self._writing, self._writing_started),
+                (self._batch, self._batch_started),
+            ):
+                if batch and now - started >= interval:
+                    for msg in batch:
+                        if not msg._ackd:
+                            with contextlib.suppress(Exception):
+                                await msg.in_progress()
 
     async def process(self, msgs: list[Msg]) -> bool:
         """Route a batch, enqueue all its jobs, ack; returns False when Redis refused them."""
+        return await self.write_batch(*await self.route_batch(msgs))
+
+    async def route_batch(self, msgs: list[Msg]) -> tuple[list[Planned], list[Msg]]:
+        """Decode and route a batch: the jobs, and the messages to ack once they are written
+        (the rest were dead-lettered or handed back)."""
         self.tracing = get_tracing()
         if self._concurrent_route:
             results = await asyncio.gather(*(self._prepare(m) for m in msgs))
@@ -177,6 +200,10 @@ class StreamIngest:
             if planned is not None:
                 rows.extend(planned)
                 ready.append(msg)
+        return rows, ready
+
+    async def write_batch(self, rows: list[Planned], ready: list[Msg]) -> bool:
+        """Enqueue a routed batch's jobs, then ack its messages; False when Redis refused."""
         if rows:
             sending = self.tracing.send(rows) if self.tracing is not None else None
             try:
