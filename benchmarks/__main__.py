@@ -427,7 +427,8 @@ class Bench:
             text = (
                 f"late p50 {res['p50']:.0f}  p99 {res['p99']:.0f}  max {res['max']:.0f} ms "
                 f"(first {res['first']:.0f} ms); all promoted after {res['promoted']:.0f} ms; "
-                f"started {res['start_rate']:,.0f} jobs/s; {res['cpu_us']:.1f} us CPU per job"
+                f"started {res['start_rate']:,.0f} jobs/s; CPU per job {res['cpu_us']:.1f} us "
+                f"(Redis {res['redis_us']:.1f} us)"
             )
             self._say("delayed", r, s.rounds, name, text)
 

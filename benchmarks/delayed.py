@@ -13,7 +13,8 @@ doing the same Redis work: one task promotes with a script making the very calls
 PROMOTE (ZRANGEBYSCORE LIMIT, then per job HMGET, XADD, HSET, HDEL, ZREM), as many jobs a call
 as flowline moves, back to back while a call comes back full and otherwise sleeping until the
 next due time; another reads with XREADGROUP COUNT 100, runs the no-op and completes each batch
-with flowline's COMPLETE script.
+with flowline's COMPLETE script. Each side reports its own CPU time and the Redis server's per
+job, from the re-scoring to the last start: Redis, one thread, does all the promoting.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ async def prepare(nats_url: str, redis_url: str, jobs: int) -> None:
     await common.compact(redis_url)
 
 
+async def redis_cpu(redis: Redis) -> float:
+    """The Redis server's CPU time so far (user + system), seconds."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def come_due(redis: Redis, jobs: int) -> float:
     """Make every job due `LEAD` seconds from now; returns that due time (epoch seconds)."""
     due_ms = int((time.time() + LEAD) * 1000)
@@ -108,7 +115,12 @@ async def promoted(redis: Redis, due: float) -> float:
 
 
 def result(
-    due: float, started: dict[str, float], runs: int, window: common.Window, promoted: float
+    due: float,
+    started: dict[str, float],
+    runs: int,
+    window: common.Window,
+    promoted: float,
+    server_cpu: float,
 ) -> dict[str, Any]:
     """Lateness of each start behind the due time (ms), and whether each job ran once."""
     late = [t - due for t in started.values()]
@@ -122,6 +134,7 @@ def result(
         "early": sum(x < 0 for x in late),
         "first": min(late) * 1000,
         "cpu_us": window.cpu / len(started) * 1e6,
+        "redis_us": server_cpu / len(started) * 1e6,
     }
 
 
@@ -153,15 +166,17 @@ async def flowline(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
     task = asyncio.create_task(worker.run(stop, 5.0))
     await asyncio.sleep(0.3)  # the worker's first promote call: nothing is due yet
     window = common.Window()
+    cpu = await redis_cpu(redis)
     due = await come_due(redis, jobs)
     watch = asyncio.create_task(promoted(redis, due))
     await asyncio.wait_for(done.wait(), 300)
     window.close()
+    cpu = await redis_cpu(redis) - cpu
     await asyncio.sleep(0.5)  # long enough for a second run of any job to show
     stop.set()
     await task
     await redis.aclose()
-    return result(due, started, runs, window, await watch)
+    return result(due, started, runs, window, await watch, cpu)
 
 
 async def raw(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
@@ -201,14 +216,16 @@ async def raw(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
     promoting = asyncio.create_task(promoter())
     await asyncio.sleep(0.3)
     window = common.Window()
+    cpu = await redis_cpu(redis)
     due = await come_due(redis, jobs)
     watch = asyncio.create_task(promoted(redis, due))
     await asyncio.wait_for(work(), 300)
     window.close()
+    cpu = await redis_cpu(redis) - cpu
     stop.set()
     await promoting
     await redis.aclose()
-    return result(due, started, runs, window, await watch)
+    return result(due, started, runs, window, await watch, cpu)
 
 
 SIDES = {"flowline": flowline, "raw": raw}
