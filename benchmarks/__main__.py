@@ -50,6 +50,13 @@ What is measured (every side runs in a fresh Python process; the servers are sha
 8. sharded, jobs/s: the worker figure's jobs on ``Queue(shards=4)``, drained by one worker
    per shard as `Runner` runs them, against the same jobs on one queue; with how evenly the
    jobs spread and what Redis spent per job (benchmarks/sharded.py). Target: >= 0.9x.
+9. latency5k, ms: the latency figure at 5,000 events/s (10,000 jobs/s), the publisher
+   pipelining its publishes (`publish_async`, every ack checked at the end) so that it keeps
+   its schedule; void unless it reached 95% of the rate. Each side reports its process's CPU
+   time per event. Target: p99 <= 5 ms and <= 1.5x the raw loop's p99.
+10. delayed, ms: N delayed jobs (100,000) made due in the same millisecond while a worker
+   waits; how late each started, against a hand-written promote + read loop doing the same
+   Redis work (benchmarks/delayed.py). Target: the last started <= 2 s after the due time.
 
 How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
 the order is reversed every other round), so slow drift of the machine touches every side alike.
@@ -91,6 +98,7 @@ from flowline.servers import LocalServers
 
 from . import (
     common,
+    delayed,
     fairness,
     fanout,
     ingest,
@@ -107,7 +115,8 @@ from . import (
 BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
 FIGURES = (
-    "ingest", "worker", "latency", "fairness", "replicated", "fanout", "sharded", "memory",
+    "ingest", "worker", "latency", "latency5k", "fairness", "replicated", "fanout", "sharded",
+    "delayed", "memory",
 )  # fmt: skip
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
@@ -128,6 +137,8 @@ class Sizes:
     latency_rounds: int
     rate: float
     fair_jobs: int = 20_000
+    high_rate: float = 5_000.0
+    delayed_jobs: int = 100_000
 
 
 FULL = Sizes(
@@ -456,42 +467,109 @@ class Bench:
                 waits["grouped"], waits["fifo"], "<= 50 ms", check=lambda f, b: f <= 50.0),
         ]  # fmt: skip
 
+    def delayed(self) -> list[Row]:
+        """N delayed jobs due in the same millisecond: how late each started."""
+        s = self.sizes
+        jobs = s.delayed_jobs
+        samples: dict[str, list[dict[str, Any]]] = {"flowline": [], "raw": []}
+        for r, name in alternate(list(samples), s.rounds):
+            asyncio.run(delayed.prepare(jobs=jobs, **self.urls))
+            res = self._run("delayed", name, {"jobs": jobs, **self.urls}, r)
+            if (res["jobs"], res["runs"], res["early"]) != (jobs, jobs, 0):
+                raise RuntimeError(
+                    f"delayed/{name} started {res['jobs']} of {jobs} jobs in {res['runs']} "
+                    f"runs, {res['early']} before their due time"
+                )
+            samples[name].append(res)
+            text = (
+                f"late p50 {res['p50']:.0f}  p99 {res['p99']:.0f}  max {res['max']:.0f} ms "
+                f"(first {res['first']:.0f} ms); all promoted after {res['promoted']:.0f} ms; "
+                f"started {res['start_rate']:,.0f} jobs/s; CPU per job {res['cpu_us']:.1f} us "
+                f"(Redis {res['redis_us']:.1f} us)"
+            )
+            self._say("delayed", r, s.rounds, name, text)
+
+        def stat(name: str, key: str) -> list[float]:
+            return [res[key] for res in samples[name]]
+
+        base = "hand-written promote + read loop"
+        label = f"delayed x{jobs // 1000}k late"
+        return [
+            Row(f"{label} p50", "ms", base, stat("flowline", "p50"), stat("raw", "p50")),
+            Row(f"{label} p99", "ms", base, stat("flowline", "p99"), stat("raw", "p99")),
+            Row(f"{label} max", "ms", base, stat("flowline", "max"), stat("raw", "max"),
+                "<= 2000 ms", check=lambda f, b: f <= 2000.0),
+        ]  # fmt: skip
+
     def latency(self) -> list[Row]:
         s = self.sizes
-        events = max(1, int(s.rate * s.latency_seconds))
+        return self._latency("latency", s.rate, pipelined=False, p99="<= 10 ms", p99_ms=10.0)
+
+    def latency5k(self) -> list[Row]:
+        """The latency figure at 5,000 events/s (10,000 jobs/s), publishes pipelined."""
+        s = self.sizes
+        return self._latency(
+            "latency5k", s.high_rate, pipelined=True, p99="<= 5 ms, <= 1.5x", p99_ms=5.0,
+            p99_ratio=1.5,
+        )  # fmt: skip
+
+    def _latency(
+        self, figure: str, rate: float, *, pipelined: bool, p99: str, p99_ms: float,
+        p99_ratio: float | None = None,
+    ) -> list[Row]:  # fmt: skip
+        s = self.sizes
+        events = max(1, int(rate * s.latency_seconds))
         samples: dict[str, list[dict[str, float]]] = {"flowline": [], "raw": []}
         for r, name in alternate(list(samples), s.latency_rounds):
             asyncio.run(latency.prepare(**self.urls))
             running = side.Running(
                 "latency", name, {"events": events, "limit": 120.0, **self.urls},
-                self._profile("latency", name, r),
+                self._profile(figure, name, r),
             )  # fmt: skip
             try:
                 running.wait_ready()
-                side.run(
+                sent = side.run(
                     "latency", "publish",
-                    {"nats_url": self.servers.nats_url, "events": events, "rate": s.rate},
+                    {"nats_url": self.servers.nats_url, "events": events, "rate": rate,
+                     "pipelined": pipelined},
                     timeout=s.latency_seconds + 60,
                 )  # fmt: skip
                 res = running.result(timeout=150)
             finally:
                 running.kill()
             if res["count"] != 2 * events:
-                raise RuntimeError(f"latency/{name} saw {res['count']} of {2 * events} jobs")
+                raise RuntimeError(f"{figure}/{name} saw {res['count']} of {2 * events} jobs")
+            if sent["rate"] < 0.95 * rate:
+                # A publisher that cannot keep its schedule measures its own backlog.
+                raise RuntimeError(
+                    f"{figure}: the publisher reached {sent['rate']:,.0f} events/s, not "
+                    f"{rate:,.0f} (its schedule fell {sent['behind_ms']:.1f} ms behind): void"
+                )
             samples[name].append(res)
-            text = f"p50 {res['p50']:.2f}  p99 {res['p99']:.2f}  max {res['max']:.1f} ms"
-            self._say("latency", r, s.latency_rounds, name, text)
+            text = (
+                f"p50 {res['p50']:.2f}  p99 {res['p99']:.2f}  max {res['max']:.1f} ms; "
+                f"{res['cpu_us']:.0f} us CPU per event; "
+                f"published {sent['rate']:,.0f} events/s (at most "
+                f"{sent['behind_ms']:.1f} ms behind schedule)"
+            )
+            self._say(figure, r, s.latency_rounds, name, text)
 
         def stat(name: str, key: str) -> list[float]:
             return [res[key] for res in samples[name]]
 
+        def p99_met(f: float, b: float) -> bool:
+            return f <= p99_ms and (p99_ratio is None or f <= p99_ratio * b)
+
         base = "fetch/enqueue/XREADGROUP loop"
+        label = "latency" if figure == "latency" else f"latency@{rate / 1000:g}k"
+        # The issue sets a p50 target at 500 events/s only.
+        p50 = ("<= 2 ms", lambda f, b: f <= 2.0) if p99_ratio is None else ("", None)
         return [
-            Row("latency p50", "ms", base, stat("flowline", "p50"), stat("raw", "p50"),
-                "<= 2 ms", check=lambda f, b: f <= 2.0),
-            Row("latency p99", "ms", base, stat("flowline", "p99"), stat("raw", "p99"),
-                "<= 10 ms", check=lambda f, b: f <= 10.0),
-            Row("latency max", "ms", base, stat("flowline", "max"), stat("raw", "max")),
+            Row(f"{label} p50", "ms", base, stat("flowline", "p50"), stat("raw", "p50"),
+                p50[0], check=p50[1]),
+            Row(f"{label} p99", "ms", base, stat("flowline", "p99"), stat("raw", "p99"),
+                p99, check=p99_met),
+            Row(f"{label} max", "ms", base, stat("flowline", "max"), stat("raw", "max")),
         ]  # fmt: skip
 
 
@@ -571,7 +649,8 @@ def describe(s: Sizes) -> str:
     return (
         f"{s.rounds} rounds; ingest {s.events:,} events; worker {s.jobs:,} jobs "
         f"(taskiq {s.taskiq_jobs:,}); latency {s.latency_rounds} rounds of "
-        f"{s.latency_seconds:g} s at {s.rate:g} events/s"
+        f"{s.latency_seconds:g} s at {s.rate:g} events/s (latency5k: {s.high_rate:g}); "
+        f"delayed {s.delayed_jobs:,} jobs"
     )
 
 
@@ -656,7 +735,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, help="how long the latency publisher runs")
     p.add_argument("--latency-rounds", type=int, help="alternating rounds of the latency figure")
     p.add_argument("--rate", type=float, help="latency publisher's events per second")
+    p.add_argument(
+        "--high-rate", type=float, help="latency5k publisher's events per second (5,000)"
+    )
     p.add_argument("--fair-jobs", type=int, help="jobs of the hot group in the fairness figure")
+    p.add_argument("--delayed-jobs", type=int, help="jobs coming due at once (delayed figure)")
     p.add_argument(
         "--redis-fsync", choices=("always", "everysec", "no"), default="everysec",
         help="Redis appendfsync (default everysec; with always, writes wait for the disk)",

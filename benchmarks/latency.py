@@ -34,19 +34,40 @@ async def prepare(nats_url: str, redis_url: str) -> None:
     await common.reset(nats_url, redis_url, SUBJECT)
 
 
-async def publish(nats_url: str, events: int, rate: float) -> dict[str, Any]:
-    """Publish `events` events at `rate` per second on a fixed schedule (no drift)."""
+async def publish(
+    nats_url: str, events: int, rate: float, pipelined: bool = False
+) -> dict[str, Any]:
+    """Publish `events` events at `rate` per second on a fixed schedule (no drift).
+
+    With `pipelined`, each publish is sent without waiting for its ack (`publish_async`; the
+    acks are all checked at the end): one round trip per publish caps a publisher at a few
+    thousand a second, and one that falls behind its schedule would measure its own backlog.
+    Returns the rate achieved and ``behind_ms``, the furthest a publish fell behind its slot.
+    """
     nc = await nats.connect(nats_url)
-    js = nc.jetstream()
+    js = nc.jetstream(publish_async_max_pending=100_000)
+    acks: list[asyncio.Future[Any]] = []
+    behind = 0.0
     start = time.perf_counter()
     for i in range(events):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        await js.publish(SUBJECT, common.event(i, fan=repr(time.time())))
+        else:
+            behind = max(behind, -delay)
+        payload = common.event(i, fan=repr(time.time()))
+        if pipelined:
+            acks.append(await js.publish_async(SUBJECT, payload))
+        else:
+            await js.publish(SUBJECT, payload)
     elapsed = time.perf_counter() - start
+    await asyncio.gather(*acks)  # every publish was stored (raises if one was not)
     await nc.close()
-    return {"published": events, "rate": events / elapsed if elapsed else 0.0}
+    return {
+        "published": events,
+        "rate": (events - 1) / elapsed if elapsed else 0.0,
+        "behind_ms": behind * 1000,
+    }
 
 
 async def flowline(nats_url: str, redis_url: str, events: int, limit: float) -> dict[str, Any]:
@@ -69,11 +90,13 @@ async def flowline(nats_url: str, redis_url: str, events: int, limit: float) -> 
     runner = Runner(pipeline, Settings(nats_url=nats_url, redis_url=redis_url, grace=1.0))
     await runner.start()
     ready()
+    window = common.Window()
     try:
         await asyncio.wait_for(done.wait(), limit)
     finally:
+        window.close()
         await runner.stop()
-    return common.summary(latencies)
+    return {**common.summary(latencies), "cpu_us": window.cpu / events * 1e6}
 
 
 async def raw(nats_url: str, redis_url: str, events: int, limit: float) -> dict[str, Any]:
@@ -131,14 +154,16 @@ async def raw(nats_url: str, redis_url: str, events: int, limit: float) -> dict[
 
     consumer = asyncio.create_task(ingest())
     ready()
+    window = common.Window()
     try:
         await asyncio.wait_for(work(), limit)
     finally:
+        window.close()
         stop.set()
         await consumer
         await nc.close()
         await redis.aclose()
-    return common.summary(latencies)
+    return {**common.summary(latencies), "cpu_us": window.cpu / events * 1e6}
 
 
 SIDES = {"publish": publish, "flowline": flowline, "raw": raw}

@@ -332,8 +332,7 @@ class FlowlineResultBackend(AsyncResultBackend[Any]):
                 else f"expired {keep:g}s after it finished"
             )
             raise LookupError(
-                f"job {task_id!r} has no record in Queue({queue.name!r}): never enqueued, or "
-                f"{gone}"
+                f"job {task_id!r} has no record in Queue({queue.name!r}): never enqueued, or {gone}"
             )
         if job.state not in ("completed", "failed"):
             raise LookupError(f"job {task_id!r} is {job.state}: it has no result yet")

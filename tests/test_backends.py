@@ -205,6 +205,28 @@ class TestJobs:
         [job] = await read(store)
         assert (job.job_id, job.attempt) == ("key:a", 1)
 
+    async def test_promotion_in_batches_moves_each_due_job_once(self, store: JobStore) -> None:
+        """Batches of `limit` take the earliest due first (ties too), each job exactly once,
+        skip a cancelled one and leave the jobs not yet due."""
+        await store.setup(Q)
+        await store.enqueue(Q, rows(*"abcde", delay=1), NOW)
+        await store.enqueue(Q, rows("later", delay=5), NOW)
+        await store.enqueue(Q, rows("soon", delay=0.5), NOW)
+        assert (await store.cancel(Q, "key:c", NOW, 60)).detail == "delayed"
+        now = NOW + 1000
+        assert await store.promote(Q, now, 2) == (2, NOW + 1000)  # soon, then a
+        assert await store.promote(Q, now, 2) == (2, NOW + 1000)  # b, d
+        assert await store.promote(Q, now, 2) == (1, NOW + 5000)  # e
+        assert await store.promote(Q, now, 2) == (0, NOW + 5000)
+        ready = await read(store)
+        assert sorted(j.job_id for j in ready) == ["key:a", "key:b", "key:d", "key:e", "key:soon"]
+        assert (await store.counts(Q)).delayed == 1
+        cancelled = await store.job(pipeline, Q, "key:c")
+        assert cancelled is not None
+        assert cancelled.state == "cancelled"
+        assert await store.promote(Q, NOW + 5000, 2) == (1, -1)
+        assert [j.job_id for j in await read(store)] == ["key:later"]
+
     async def test_a_paused_queue_gives_no_jobs_and_still_takes_them(self, store: JobStore) -> None:
         await store.setup(Q)
         await store.enqueue(Q, rows("a"), NOW)

