@@ -74,7 +74,7 @@ async def prepare(nats_url: str, redis_url: str, jobs: int) -> None:
     for first in range(0, jobs, 1000):
         args: list[str | int] = [keys.job_prefix, now]
         for i in range(first, min(jobs, first + 1000)):
-            args += (job_id(i), TOPIC, "{}", later, "direct", now, "")
+            args += (job_id(i), TOPIC, "{}", later, "direct", now, "", 0)
         await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
     await pipe.execute()
     held = await redis.zcard(keys.delayed)
