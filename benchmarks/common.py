@@ -260,3 +260,31 @@ class Replica:
             self.proc.terminate()
             self.proc.wait(10)
         self.dir.cleanup()
+
+
+async def redis_cpu(redis: Redis) -> float:
+    """Seconds of CPU the Redis server has used (user + system), for per-job figures."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def prefill(
+    redis: Redis, queue: str, job_ids: list[str], topic: str, due_ms: int = 0
+) -> None:
+    """Enqueue no-op jobs `job_ids` on `queue` with flowline's ENQUEUE, 1,000 per call in one
+    pipeline (due at `due_ms`, 0: ready now), creating the consumer group first."""
+    from flowline.runtime.keys import GROUP, QueueKeys
+    from flowline.runtime.scripts import ENQUEUE
+
+    keys = QueueKeys(queue)
+    for stream in keys.streams:
+        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    script = redis.register_script(ENQUEUE)
+    now = int(time.time() * 1000)
+    pipe = redis.pipeline(transaction=False)
+    for first in range(0, len(job_ids), 1000):
+        args: list[str | int] = [keys.job_prefix, now]
+        for job_id in job_ids[first : first + 1000]:
+            args += (job_id, topic, "{}", due_ms, "direct", now, "", 0)
+        await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
+    await pipe.execute()

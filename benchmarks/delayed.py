@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from flowline.runtime.keys import GROUP, QueueKeys
-from flowline.runtime.scripts import COMPLETE, ENQUEUE
+from flowline.runtime.scripts import COMPLETE
 
 from . import common
 
@@ -64,30 +64,13 @@ async def prepare(nats_url: str, redis_url: str, jobs: int) -> None:
     """Empty Redis, then enqueue `jobs` no-op jobs due in an hour (flowline's ENQUEUE)."""
     await common.reset(nats_url, redis_url)
     redis = Redis.from_url(redis_url)
-    keys = QueueKeys(QUEUE)
-    for stream in keys.streams:
-        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    script = redis.register_script(ENQUEUE)
-    now = int(time.time() * 1000)
-    later = now + 3_600_000
-    pipe = redis.pipeline(transaction=False)
-    for first in range(0, jobs, 1000):
-        args: list[str | int] = [keys.job_prefix, now]
-        for i in range(first, min(jobs, first + 1000)):
-            args += (job_id(i), TOPIC, "{}", later, "direct", now, "", 0)
-        await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
-    await pipe.execute()
-    held = await redis.zcard(keys.delayed)
+    later = int(time.time() * 1000) + 3_600_000
+    await common.prefill(redis, QUEUE, [job_id(i) for i in range(jobs)], TOPIC, later)
+    held = await redis.zcard(QueueKeys(QUEUE).delayed)
     await redis.aclose()
     if held != jobs:
         raise RuntimeError(f"delayed {held} jobs, not {jobs}")
     await common.compact(redis_url)
-
-
-async def redis_cpu(redis: Redis) -> float:
-    """The Redis server's CPU time so far (user + system), seconds."""
-    info = await redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def come_due(redis: Redis, jobs: int) -> float:
@@ -166,12 +149,12 @@ async def flowline(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
     task = asyncio.create_task(worker.run(stop, 5.0))
     await asyncio.sleep(0.3)  # the worker's first promote call: nothing is due yet
     window = common.Window()
-    cpu = await redis_cpu(redis)
+    cpu = await common.redis_cpu(redis)
     due = await come_due(redis, jobs)
     watch = asyncio.create_task(promoted(redis, due))
     await asyncio.wait_for(done.wait(), 300)
     window.close()
-    cpu = await redis_cpu(redis) - cpu
+    cpu = await common.redis_cpu(redis) - cpu
     await asyncio.sleep(0.5)  # long enough for a second run of any job to show
     stop.set()
     await task
@@ -216,12 +199,12 @@ async def raw(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
     promoting = asyncio.create_task(promoter())
     await asyncio.sleep(0.3)
     window = common.Window()
-    cpu = await redis_cpu(redis)
+    cpu = await common.redis_cpu(redis)
     due = await come_due(redis, jobs)
     watch = asyncio.create_task(promoted(redis, due))
     await asyncio.wait_for(work(), 300)
     window.close()
-    cpu = await redis_cpu(redis) - cpu
+    cpu = await common.redis_cpu(redis) - cpu
     stop.set()
     await promoting
     await redis.aclose()

@@ -74,11 +74,6 @@ async def _usage(redis: Redis, keys: list[bytes]) -> int:
     return sum(int(n or 0) for n in await pipe.execute())
 
 
-async def _redis_cpu(redis: Redis) -> float:
-    info = await redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 async def _run(nats_url: str, redis_url: str, events: int, keep: int) -> dict[str, Any]:
     from examples.fanbase.pipeline import router
     from flowline import Queue, Route, Settings, Stream
@@ -114,14 +109,14 @@ async def _run(nats_url: str, redis_url: str, events: int, keep: int) -> dict[st
     start = peak = int((await redis.info("memory"))["used_memory"])
     stop = asyncio.Event()
     jobs = 2 * events
-    cpu_before = await _redis_cpu(redis)
+    cpu_before = await common.redis_cpu(redis)
     window = common.Window()
     tasks = [asyncio.create_task(side.run(stop)), asyncio.create_task(worker.run(stop, 5.0))]
     while done < jobs:
         await asyncio.sleep(SAMPLE_S)
         peak = max(peak, int((await redis.info("memory"))["used_memory"]))
     window.close()
-    server_cpu = await _redis_cpu(redis) - cpu_before
+    server_cpu = await common.redis_cpu(redis) - cpu_before
 
     async def forgotten() -> bool:
         return await redis.zcard(marks) == 0
@@ -159,7 +154,7 @@ async def _enqueue(redis_url: str, marked: bool) -> dict[str, Any]:
     names = [keys.jobs, keys.delayed, keys.cancels] + ([keys.marks("fanbase")] if marked else [])
     now = int(time.time() * 1000)
     ev = FanbaseEvent(fan="fan", talent="talent", action="followed")
-    cpu_before = await _redis_cpu(redis)
+    cpu_before = await common.redis_cpu(redis)
     window = common.Window()
     seq = 0
     while seq < ENQUEUE_JOBS // 2:
@@ -172,7 +167,7 @@ async def _enqueue(redis_url: str, marked: bool) -> dict[str, Any]:
             pipe.evalsha(script.sha, len(names), *names, *args)
         await pipe.execute()
     window.close()
-    server_cpu = await _redis_cpu(redis) - cpu_before
+    server_cpu = await common.redis_cpu(redis) - cpu_before
     written = int(await redis.xlen(keys.jobs))
     await redis.aclose()
     return window.result(ENQUEUE_JOBS, jobs=written, redis_us=server_cpu / ENQUEUE_JOBS * 1e6)

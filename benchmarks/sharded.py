@@ -11,14 +11,12 @@ throughput of a queue spread over more primaries follows.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from redis.asyncio import Redis
 
 from flowline import Queue
 from flowline.runtime.keys import GROUP, QueueKeys
-from flowline.runtime.scripts import ENQUEUE
 
 from . import common, worker
 
@@ -40,30 +38,14 @@ async def prepare(nats_url: str, redis_url: str, jobs: int, shards: int) -> dict
     for i in range(jobs):
         job_id = f"bench:{i}"
         by_shard[queue.shard_for(job_id, None)].append(job_id)
-    script = redis.register_script(ENQUEUE)
-    now = str(int(time.time() * 1000))
-    pipe = redis.pipeline(transaction=False)
     for name, ids in by_shard.items():
-        keys = QueueKeys(name)
-        for stream in keys.streams:
-            await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        for first in range(0, len(ids), 1000):
-            args: list[str | int] = [keys.job_prefix, now]
-            for job_id in ids[first : first + 1000]:
-                args += (job_id, worker.TOPIC, "{}", 0, "direct", now, "", 0)
-            await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
-    await pipe.execute()
+        await common.prefill(redis, name, ids, worker.TOPIC)
     held = {name: int(await redis.xlen(QueueKeys(name).jobs)) for name in queue.shard_names}
     if sum(held.values()) != jobs:
         raise RuntimeError(f"prefilled {sum(held.values())} jobs, not {jobs}")
     await redis.aclose()
     await common.compact(redis_url)
     return held
-
-
-async def _redis_cpu(redis: Redis) -> float:
-    info = await redis.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def _drain(nats_url: str, redis_url: str, jobs: int, shards: int) -> dict[str, Any]:
@@ -86,13 +68,13 @@ async def _drain(nats_url: str, redis_url: str, jobs: int, shards: int) -> dict[
     for w in workers:
         await w.setup()
     stop = asyncio.Event()
-    cpu_before = await _redis_cpu(redis)
+    cpu_before = await common.redis_cpu(redis)
     window = common.Window()
     tasks = [asyncio.create_task(w.run(stop, 5.0)) for w in workers]
     for name in queue.shard_names:
         await worker._acked(redis, QueueKeys(name).jobs, GROUP)
     window.close()
-    server_cpu = await _redis_cpu(redis) - cpu_before
+    server_cpu = await common.redis_cpu(redis) - cpu_before
     stop.set()
     await asyncio.gather(*tasks)
     completed = 0

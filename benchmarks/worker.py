@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from flowline.runtime.keys import GROUP, QueueKeys
-from flowline.runtime.scripts import COMPLETE, ENQUEUE
+from flowline.runtime.scripts import COMPLETE
 
 from . import common
 
@@ -41,19 +41,8 @@ async def prepare(nats_url: str, redis_url: str, jobs: int) -> None:
     """Empty Redis, then enqueue `jobs` no-op jobs with flowline's ENQUEUE script."""
     await common.reset(nats_url, redis_url)
     redis = Redis.from_url(redis_url)
-    keys = QueueKeys(QUEUE)
-    for stream in keys.streams:
-        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    script = redis.register_script(ENQUEUE)
-    now = str(int(time.time() * 1000))
-    pipe = redis.pipeline(transaction=False)
-    for first in range(0, jobs, 1000):
-        args: list[str | int] = [keys.job_prefix, now]
-        for i in range(first, min(jobs, first + 1000)):
-            args += (f"bench:{i}", TOPIC, "{}", 0, "direct", now, "", 0)
-        await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
-    await pipe.execute()
-    stored = await redis.xlen(keys.jobs)
+    await common.prefill(redis, QUEUE, [f"bench:{i}" for i in range(jobs)], TOPIC)
+    stored = await redis.xlen(QueueKeys(QUEUE).jobs)
     if stored != jobs:
         raise RuntimeError(f"prefilled {stored} jobs, not {jobs}")
     await redis.aclose()
