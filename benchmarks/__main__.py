@@ -149,7 +149,7 @@ FULL = Sizes(
 )  # fmt: skip
 QUICK = Sizes(
     rounds=1, events=5_000, jobs=10_000, taskiq_jobs=1_000, latency_seconds=2.0,
-    latency_rounds=1, rate=500.0, fair_jobs=2_000,
+    latency_rounds=1, rate=500.0, fair_jobs=2_000, delayed_jobs=5_000,
 )  # fmt: skip
 
 

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
-    sizes = ["--events", "1000", "--jobs", "3000", "--taskiq-jobs", "200", "--fair-jobs", "2000"]
+    sizes = ["--events", "1000", "--jobs", "3000", "--taskiq-jobs", "200", "--fair-jobs", "2000",
+             "--delayed-jobs", "2000"]  # fmt: skip
     r = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", *sizes, "--latency-seconds", "1"],
         cwd=ROOT,
@@ -42,7 +43,14 @@ def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
         ("fanout", "raw"),
         ("sharded", "sharded"),
         ("sharded", "single"),
+        ("latency5k", "flowline"),
+        ("latency5k", "raw"),
+        ("delayed", "flowline"),
+        ("delayed", "raw"),
+        *(("memory", side) for side in ("day", "none", "marked", "plain")),
     }, r.stdout
+    (kept,) = [line for line in lines if line.startswith("memory retained")]
+    assert kept.split()[-1] == "met"  # keep_completed=0 left no record behind
     (events,) = [line for line in lines if " round 1/1  events " in line]
     assert "6,000 events written, 6,000 kept" in events  # job:start and job:complete of 3,000
     (observed,) = [line for line in lines if line.startswith("  worker   round 1/1  observed")]
