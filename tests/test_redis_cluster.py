@@ -136,8 +136,10 @@ async def test_fanbase_channels_run_with_their_queues_on_several_primaries(
     and `flowline status` counts each queue's jobs."""
     proc = worker(CHANNELS, env=cluster_env)
     await proc.ready()
-    follower = await events_cli(cluster_env, CHANNELS, "job:complete", "--json")
-    await asyncio.sleep(1.5)  # the follower is reading from now on (it prints nothing before)
+    # --since 0: a follower slow to start (a loaded CI machine) still sees every event, first
+    # those already kept, then the rest as they happen.
+    follower = await events_cli(cluster_env, CHANNELS, "job:complete", "--json", "--since", "0")
+    await asyncio.sleep(1.5)  # most of them arrive while it follows
     await follow_and_unfollow(js)
 
     want = {"email": 3, "sms": 2, "social": 1, "audit": 6}
