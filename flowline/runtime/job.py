@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from ..errors import SerializationError
@@ -21,29 +24,82 @@ log = structlog.get_logger("flowline.job")
 Handler = Callable[["JobContext"], Awaitable[Any] | Any]
 
 
-# json.dumps with options builds a new encoder per call; reusing one halves the cost.
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# The wire format is compact JSON, decoded exactly as the standard library decodes it. orjson
+# does the work where it gives the same answer, which is nearly always; the standard library
+# does it where orjson would differ. `nox -s bench`, figure `payload` (2026-12-02), on a
+# 9.5 KB payload: encode 127 -> 25 us and decode 66 -> 38 us per call; 10 KB jobs drained
+# 1.34x and routed 2.0x as fast as with the standard library's codec.
+#
+# Where orjson would write something else (NaN and infinities, as null) or refuses (ints past
+# 64 bits, non-str keys, lone surrogates, and str, int and dict subclasses under
+# OPT_PASSTHROUGH_SUBCLASS), the standard library encodes the value, giving its own output or
+# its own error. So every value the standard library encodes decodes to what it would, and
+# every value it refuses is refused, but two that orjson takes: an enum member is written as
+# its value and a UUID as its string, on both paths alike.
+def _also(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_std_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_also).encode
+_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+_orjson_dumps = orjson.dumps
+_orjson_loads = orjson.loads
+_json_loads = json.loads
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError  # orjson calls this for what it will not encode: the standard library decides
 
 
 def encode(value: Any) -> str:
     """`dumps` without its error message: raises TypeError or ValueError (the hot path)."""
-    return "null" if value is None else _encode(value)
+    if value is None:
+        return "null"
+    try:
+        out = _orjson_dumps(value, default=_refuse, option=_OPTIONS)
+    except TypeError:
+        return _std_encode(value)
+    # A null is a None, or a NaN or an infinity orjson wrote as null: decoding tells them apart
+    # (NaN equals nothing; a tuple, which comes back a list, sends the value the slow way too).
+    if b"null" in out and _orjson_loads(out) != value:
+        return _std_encode(value)
+    return out.decode()
 
 
 def dumps(value: Any, *, what: str) -> str:
     """JSON-encode job data or a result; anything else is a `SerializationError`."""
-    if value is None:
-        return "null"
     try:
-        return _encode(value)
+        return encode(value)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"{what} is not JSON-serialisable: {exc}") from exc
 
 
 def loads(raw: bytes | str) -> Any:
-    """Decode job data; payloads are never unpickled or evaluated."""
+    """Decode job data; payloads are never unpickled or evaluated.
+
+    orjson's answer is taken only when encoding it again gives back `raw` byte for byte, which
+    flowline's own encoding always does. That proves it is the standard library's answer: the
+    one thing orjson decodes differently, an integer past 64 bits (it gives a float), would come
+    back with a point or an exponent. Anything else (JSON written by other tools, NaN, lone
+    surrogates, big integers, invalid JSON and its error) is decoded by the standard library.
+    """
+    try:
+        data = raw if isinstance(raw, bytes) else raw.encode()
+        value = _orjson_loads(data)
+        if _orjson_dumps(value, option=_OPTIONS) == data:
+            return value
+    except (TypeError, ValueError):  # orjson.JSONDecodeError is a ValueError
+        pass
     # Decoding bytes ourselves spares json the detection of their encoding.
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return _json_loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 class JobContext:
