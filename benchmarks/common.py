@@ -269,10 +269,11 @@ async def redis_cpu(redis: Redis) -> float:
 
 
 async def prefill(
-    redis: Redis, queue: str, job_ids: list[str], topic: str, due_ms: int = 0
+    redis: Redis, queue: str, job_ids: list[str], topic: str, due_ms: int = 0, data: str = "{}"
 ) -> None:
     """Enqueue no-op jobs `job_ids` on `queue` with flowline's ENQUEUE, 1,000 per call in one
-    pipeline (due at `due_ms`, 0: ready now), creating the consumer group first."""
+    pipeline (due at `due_ms`, 0: ready now; each with `data`), creating the consumer group
+    first."""
     from flowline.runtime.keys import GROUP, QueueKeys
     from flowline.runtime.scripts import ENQUEUE
 
@@ -282,9 +283,12 @@ async def prefill(
     script = redis.register_script(ENQUEUE)
     now = int(time.time() * 1000)
     pipe = redis.pipeline(transaction=False)
-    for first in range(0, len(job_ids), 1000):
+    per_call = max(1, min(1000, 1_000_000 // len(data)))  # about 1 MB of data per call at most
+    for first in range(0, len(job_ids), per_call):
         args: list[str | int] = [keys.job_prefix, now]
-        for job_id in job_ids[first : first + 1000]:
-            args += (job_id, topic, "{}", due_ms, "direct", now, "", 0)
+        for job_id in job_ids[first : first + per_call]:
+            args += (job_id, topic, data, due_ms, "direct", now, "", 0)
         await script(keys=[keys.jobs, keys.delayed, keys.cancels], args=args, client=pipe)
+        if len(pipe) >= 20:
+            await pipe.execute()
     await pipe.execute()
