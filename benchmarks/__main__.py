@@ -57,6 +57,13 @@ What is measured (every side runs in a fresh Python process; the servers are sha
 10. delayed, ms: N delayed jobs (100,000) made due in the same millisecond while a worker
    waits; how late each started, against a hand-written promote + read loop doing the same
    Redis work (benchmarks/delayed.py). Target: the last started <= 2 s after the due time.
+11. payload, jobs/s and MB/s: 10 KB jobs drained by the worker (against the hand-written loop
+   with `json.loads`) and routed by ingest (against the loop with `json.dumps`), each also with
+   flowline's codec swapped for the standard library's, and the codec alone in a loop
+   (benchmarks/payload.py). Target: >= 0.9x each loop.
+12. queues, jobs/s: the worker figure's jobs dealt over 20 queues, drained by one process with a
+   `QueueWorker` per queue on one Redis pool, against the same jobs on one queue; with the
+   connections the process held (benchmarks/queues.py). Target: >= 0.8x, connections bounded.
 
 How to read the table: each figure is the median over alternating rounds (A B, B A, A B...:
 the order is reversed every other round), so slow drift of the machine touches every side alike.
@@ -104,6 +111,8 @@ from . import (
     ingest,
     latency,
     memory,
+    payload,
+    queues,
     replicated,
     sharded,
     side,
@@ -116,7 +125,7 @@ BULLMQ_JOBS_PER_S = 17_600
 BULLMQ_MACHINE_RAW_JOBS_PER_S = 120_000
 FIGURES = (
     "ingest", "worker", "latency", "latency5k", "fairness", "replicated", "fanout", "sharded",
-    "delayed", "memory",
+    "delayed", "memory", "payload", "queues",
 )  # fmt: skip
 # flowline's sides: run under --profile; they and `logline` have their stderr (where the JSON
 # log lines go) sent to a file, as production sends it to a file or a pipe, not a terminal.
@@ -139,6 +148,7 @@ class Sizes:
     fair_jobs: int = 20_000
     high_rate: float = 5_000.0
     delayed_jobs: int = 100_000
+    payload_jobs: int = 20_000  # 10 KB each: 200 MB through Redis and its AOF per side
 
 
 FULL = Sizes(
@@ -150,6 +160,7 @@ FULL = Sizes(
 QUICK = Sizes(
     rounds=1, events=5_000, jobs=10_000, taskiq_jobs=1_000, latency_seconds=2.0,
     latency_rounds=1, rate=500.0, fair_jobs=2_000, delayed_jobs=5_000,
+    payload_jobs=2_000,
 )  # fmt: skip
 
 
@@ -366,6 +377,39 @@ class Bench:
                 samples["raw"], ">= 0.90x", check=_at_least_90_percent),
         ]  # fmt: skip
 
+    def queues(self) -> list[Row]:
+        s = self.sizes
+        samples: dict[str, list[float]] = {"many": [], "single": []}
+        held: dict[str, list[int]] = {"many": [], "single": []}
+        pool: dict[str, int] = {}
+        for r, name in alternate(list(samples), s.rounds):
+            count = queues.QUEUES if name == "many" else 1
+            asyncio.run(queues.prepare(jobs=s.jobs, queues=count, **self.urls))
+            res = self._run("queues", name, {"jobs": s.jobs, **self.urls}, r)
+            if res["completed"] != s.jobs:
+                raise RuntimeError(f"queues/{name} completed {res['completed']} of {s.jobs}")
+            if res["connections"] > res["pool"]:
+                raise RuntimeError(
+                    f"queues/{name} held {res['connections']} connections, past its pool's "
+                    f"{res['pool']}"
+                )
+            samples[name].append(res["rate"])
+            held[name].append(res["connections"])
+            pool[name] = res["pool"]
+            text = _rate(res, "jobs/s") + f"; {res['connections']} connections (pool {res['pool']})"
+            self._say("queues", r, s.rounds, name, text)
+        self.notes.append(
+            f"queues: {s.jobs:,} jobs over {queues.QUEUES} queues in one process held at most "
+            f"{max(held['many'])} Redis connections at the end of a round (pool bound "
+            f"{pool['many']}: 32 + 4 per queue); one queue held {max(held['single'])} "
+            f"(pool {pool['single']})."
+        )
+        return [
+            Row(f"queues x{queues.QUEUES}", "jobs/s", "the same jobs on one queue",
+                samples["many"], samples["single"], ">= 0.80x",
+                check=lambda f, b: f >= 0.8 * b),
+        ]  # fmt: skip
+
     def sharded(self) -> list[Row]:
         s = self.sizes
         samples: dict[str, list[float]] = {"sharded": [], "single": []}
@@ -443,6 +487,49 @@ class Bench:
                 retained["day"], "<= 5 B/job (work in flight only)",
                 check=lambda f, b: f <= 5.0, side="keep 0"),
         ]  # fmt: skip
+
+    def payload(self) -> list[Row]:
+        s = self.sizes
+        n = s.payload_jobs
+        mb = payload.SIZE / 1e6
+        rows: list[Row] = []
+        for kind, names, base, label in (
+            ("worker", ("flowline", "stdlib", "same"), "same", "hand-written loop, json.loads"),
+            ("ingest", ("flowline", "stdlib", "raw"), "raw", "hand-written loop, json.dumps"),
+        ):
+            samples: dict[str, list[float]] = {name: [] for name in names}
+            for r, name in alternate(list(samples), s.rounds):
+                params = {"jobs" if kind == "worker" else "events": n, **self.urls}
+                if kind == "worker":
+                    asyncio.run(payload.prepare_worker(**params))
+                else:
+                    asyncio.run(payload.prepare_ingest(**params))
+                res = self._run("payload", f"{kind}_{name}", params, r)
+                done = res["completed"] if kind == "worker" else res["jobs"]
+                if done != n:
+                    raise RuntimeError(f"payload/{kind}_{name} did {done} of {n} jobs")
+                samples[name].append(res["rate"])
+                text = _rate(res, "jobs/s") + f"; {res['rate'] * mb:,.1f} MB/s of payload"
+                self._say("payload", r, s.rounds, f"{kind}/{name}", text)
+            fl, std, other = (statistics.median(samples[x]) for x in names)
+            self.notes.append(
+                f"payload {kind}: {payload.SIZE:,}-byte jobs, medians: flowline {fl:,.0f} jobs/s "
+                f"({fl * mb:,.1f} MB/s), with the standard library's codec {std:,.0f} "
+                f"({std / fl:.2f}x), the {label} {other:,.0f} ({other * mb:,.1f} MB/s)."
+            )
+            rows += [
+                Row(f"payload 10KB {kind}", "jobs/s", label, samples["flowline"], samples[base],
+                    ">= 0.90x", check=_at_least_90_percent),
+                Row(f"payload 10KB {kind}", "jobs/s", "flowline, stdlib json codec",
+                    samples["flowline"], samples["stdlib"]),
+            ]  # fmt: skip
+        res = side.run("payload", "codec", {"calls": 2_000, **self.urls}, timeout=300)
+        self.notes.append(
+            f"payload codec, {res['bytes']:,} bytes, us per call (best of 5): encode "
+            f"{res['encode_us']:.1f} (stdlib {res['std_encode_us']:.1f}), decode "
+            f"{res['decode_us']:.1f} (stdlib {res['std_decode_us']:.1f})."
+        )
+        return rows
 
     def fairness(self) -> list[Row]:
         s = self.sizes
@@ -650,7 +737,7 @@ def describe(s: Sizes) -> str:
         f"{s.rounds} rounds; ingest {s.events:,} events; worker {s.jobs:,} jobs "
         f"(taskiq {s.taskiq_jobs:,}); latency {s.latency_rounds} rounds of "
         f"{s.latency_seconds:g} s at {s.rate:g} events/s (latency5k: {s.high_rate:g}); "
-        f"delayed {s.delayed_jobs:,} jobs"
+        f"delayed {s.delayed_jobs:,} jobs; payload {s.payload_jobs:,} jobs of 10 KB"
     )
 
 
@@ -740,6 +827,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--fair-jobs", type=int, help="jobs of the hot group in the fairness figure")
     p.add_argument("--delayed-jobs", type=int, help="jobs coming due at once (delayed figure)")
+    p.add_argument("--payload-jobs", type=int, help="10 KB jobs per side (payload figure)")
     p.add_argument(
         "--redis-fsync", choices=("always", "everysec", "no"), default="everysec",
         help="Redis appendfsync (default everysec; with always, writes wait for the disk)",

@@ -14,18 +14,18 @@ import pytest
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(360)
 
 
 def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
     sizes = ["--events", "1000", "--jobs", "3000", "--taskiq-jobs", "200", "--fair-jobs", "2000",
-             "--delayed-jobs", "2000"]  # fmt: skip
+             "--delayed-jobs", "2000", "--payload-jobs", "500"]  # fmt: skip
     r = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", *sizes, "--latency-seconds", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=340,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = r.stdout.splitlines()
@@ -48,6 +48,10 @@ def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
         ("delayed", "flowline"),
         ("delayed", "raw"),
         *(("memory", side) for side in ("day", "none", "marked", "plain")),
+        *(("payload", f"worker/{side}") for side in ("flowline", "stdlib", "same")),
+        *(("payload", f"ingest/{side}") for side in ("flowline", "stdlib", "raw")),
+        ("queues", "many"),
+        ("queues", "single"),
     }, r.stdout
     (kept,) = [line for line in lines if line.startswith("memory retained")]
     assert kept.split()[-1] == "met"  # keep_completed=0 left no record behind
@@ -59,3 +63,4 @@ def test_every_side_of_the_benchmark_runs_and_checks_itself() -> None:
     assert {"worker events", "worker observed", "ingest observed"} <= rows
     (fair,) = [line for line in lines if line.startswith("fairness lone wait")]
     assert fair.split()[-1] == "met"  # the lone job did not wait behind the hot group
+    assert any(line.startswith("note: payload codec, ") for line in lines)  # the codecs agreed
