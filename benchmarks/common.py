@@ -268,6 +268,19 @@ async def redis_cpu(redis: Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+async def completed(redis: Redis, queues: list[str]) -> int:
+    """How many job records of `queues` say completed (every job must, or a figure is void)."""
+    from flowline.runtime.keys import QueueKeys
+
+    count = 0
+    for name in queues:
+        pipe = redis.pipeline(transaction=False)
+        async for key in redis.scan_iter(match=QueueKeys(name).job_prefix + "*", count=1000):
+            pipe.hget(key, "state")
+        count += sum(state == b"completed" for state in await pipe.execute())
+    return count
+
+
 async def prefill(
     redis: Redis, queue: str, job_ids: list[str], topic: str, due_ms: int = 0, data: str = "{}"
 ) -> None:

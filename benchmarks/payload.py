@@ -18,7 +18,6 @@ numbers, strings, a list and a flag), the size issue 12 names.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import timeit
@@ -134,7 +133,6 @@ async def codec(nats_url: str, redis_url: str, calls: int) -> dict[str, Any]:
     def best(fn: Any) -> float:
         return min(timeit.repeat(fn, number=calls, repeat=5)) / calls * 1e6
 
-    await asyncio.sleep(0)
     return {
         "encode_us": best(lambda: encode(PAYLOAD)),
         "std_encode_us": best(lambda: std(PAYLOAD)),

@@ -76,11 +76,7 @@ async def _drain(nats_url: str, redis_url: str, jobs: int, queues: int) -> dict[
     held = sum(1 for c in await redis.client_list() if c.get("name") == name)
     stop.set()
     await asyncio.gather(*tasks)
-    completed = 0
-    for queue_name in _names(queues):
-        prefix = QueueKeys(queue_name).job_prefix
-        async for key in redis.scan_iter(match=prefix + "*", count=1000):
-            completed += await redis.hget(key, "state") == b"completed"
+    completed = await common.completed(redis, _names(queues))
     bound = redis.connection_pool.max_connections
     await redis.aclose()
     return window.result(jobs, completed=completed, connections=held, pool=bound)

@@ -77,10 +77,7 @@ async def _drain(nats_url: str, redis_url: str, jobs: int, shards: int) -> dict[
     server_cpu = await common.redis_cpu(redis) - cpu_before
     stop.set()
     await asyncio.gather(*tasks)
-    completed = 0
-    for name in queue.shard_names:
-        async for key in redis.scan_iter(match=QueueKeys(name).job_prefix + "*", count=1000):
-            completed += await redis.hget(key, "state") == b"completed"
+    completed = await common.completed(redis, queue.shard_names)
     await redis.aclose()
     return window.result(jobs, completed=completed, redis_us=server_cpu / jobs * 1e6)
 

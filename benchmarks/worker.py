@@ -210,15 +210,7 @@ async def logline(nats_url: str, redis_url: str, jobs: int) -> dict[str, Any]:
 
 
 async def _completed(redis: Redis) -> int:
-    """How many job records say completed (every job must, or the figure is void)."""
-    keys = QueueKeys(QUEUE)
-    pipe = redis.pipeline(transaction=False)
-    count = 0
-    async for key in redis.scan_iter(match=keys.job_prefix + "*", count=1000):
-        pipe.hget(key, "state")
-    for state in await pipe.execute():
-        count += state == b"completed"
-    return count
+    return await common.completed(redis, [QUEUE])
 
 
 async def _handler(data: Any) -> None:
